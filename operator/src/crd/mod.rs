@@ -1,0 +1,4 @@
+//! Custom resource definitions.
+
+pub mod run;
+pub mod schedule;
