@@ -1,1 +1,555 @@
-//! TODO
+//! Scoring a fleet (C3): read the data once, score every selected sensor in parallel, write each
+//! sensor's predictions and log record. A failing sensor gets a Failed record and never stops or
+//! hides the others.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use ndarray::{Array2, ArrayView2};
+use serde::{Deserialize, Serialize};
+
+use crate::data::aggregate::{Aggregation, aggregate};
+use crate::data::csv::{CsvOptions, parse};
+use crate::data::time::format_ms;
+use crate::data::{DataError, Series};
+use crate::model::{Model, ModelError, is_anomaly};
+use crate::output::{PredsWriter, SensorRecord, log_path, preds_path};
+use crate::sensor::SensorId;
+use crate::storage::{Location, StorageError, open};
+
+/// Which sensors to score.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SensorSelection {
+    /// These sensors.
+    List(Vec<SensorId>),
+    /// Every sensor with a model under the models URL.
+    All,
+}
+
+/// A fleet scoring run (the `score` command's arguments).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetSpec {
+    /// Models URL (prefix holding `model_<D>_<T>[.pkl|.joblib|.json]`).
+    pub models: String,
+    /// Data URL: one long CSV (ends in `.csv`) or a partitioned prefix.
+    pub data: String,
+    /// Output URL; results go under `<output>/<run_id>/`.
+    pub output: String,
+    /// The run's id.
+    pub run_id: String,
+    /// Which sensors.
+    pub sensors: SensorSelection,
+    /// Optional windowed aggregation before scoring.
+    pub aggregation: Option<Aggregation>,
+    /// Fail a sensor on its first missing or malformed value instead of skipping it.
+    pub strict: bool,
+    /// Worker threads (None: one per core).
+    pub threads: Option<usize>,
+}
+
+/// Why a whole run could not proceed (per-sensor failures are records, not errors).
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// A URL could not be opened or the models could not be listed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The long CSV could not be read (e.g. its header is wrong).
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// The settings are inconsistent.
+    #[error("invalid run settings: {0}")]
+    Config(String),
+    /// Nothing to score.
+    #[error("no sensors to score: {0}")]
+    NoSensors(String),
+}
+
+/// The outcome of a fleet run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FleetSummary {
+    /// Sensors attempted.
+    pub sensors: usize,
+    /// Sensors that succeeded.
+    pub succeeded: usize,
+    /// Sensors that failed.
+    pub failed: usize,
+    /// Rows scored.
+    pub rows: usize,
+    /// Rows predicted anomalous.
+    pub anomalies: usize,
+    /// Rows skipped for missing or malformed values.
+    pub skipped_rows: usize,
+    /// Lines of the long CSV that named no sensor.
+    pub bad_rows: usize,
+    /// Bytes of the long CSV read (0 for the partitioned layout).
+    pub data_bytes: u64,
+    /// Time reading the long CSV, ms.
+    pub data_read_ms: f64,
+    /// Time parsing and grouping the long CSV, ms.
+    pub data_parse_ms: f64,
+    /// Wall time of the whole run, ms.
+    pub wall_ms: f64,
+    /// Failed sensors and why, sorted by sensor.
+    pub failures: Vec<(String, String)>,
+    /// Problems not tied to a sensor that fail the run under `--strict`.
+    pub data_errors: Vec<String>,
+}
+
+impl FleetSummary {
+    /// True when every sensor succeeded and no strict-mode data error was found.
+    pub fn all_succeeded(&self) -> bool {
+        self.failed == 0 && self.data_errors.is_empty()
+    }
+
+    /// Rows scored per second of wall time.
+    pub fn rows_per_sec(&self) -> f64 {
+        if self.wall_ms > 0.0 { self.rows as f64 / (self.wall_ms / 1000.0) } else { 0.0 }
+    }
+
+    /// A human-readable summary table, failed sensors and reasons after it.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let mut line = |k: &str, v: String| s.push_str(&format!("  {k:<12} {v}\n"));
+        line("sensors", self.sensors.to_string());
+        line("succeeded", self.succeeded.to_string());
+        line("failed", self.failed.to_string());
+        line("rows", self.rows.to_string());
+        line("anomalies", self.anomalies.to_string());
+        line("skipped", self.skipped_rows.to_string());
+        if self.bad_rows > 0 {
+            line("bad lines", self.bad_rows.to_string());
+        }
+        line("wall time", format!("{:.3} s", self.wall_ms / 1000.0));
+        line("rows/s", format!("{:.0}", self.rows_per_sec()));
+        if self.data_bytes > 0 {
+            line(
+                "data",
+                format!(
+                    "{:.1} MB read in {:.0} ms, parsed in {:.0} ms",
+                    self.data_bytes as f64 / 1e6,
+                    self.data_read_ms,
+                    self.data_parse_ms
+                ),
+            );
+        }
+        for e in &self.data_errors {
+            s.push_str(&format!("  data error: {e}\n"));
+        }
+        if !self.failures.is_empty() {
+            s.push_str("failed sensors:\n");
+            // Each error already names its sensor.
+            for (_, err) in &self.failures {
+                s.push_str(&format!("  {err}\n"));
+            }
+        }
+        s
+    }
+}
+
+/// Where a sensor's readings come from.
+enum SensorData {
+    /// Already parsed from the long CSV (None: the sensor has no rows there).
+    Parsed(Option<Series>),
+    /// To be read from `<data>/device=<D>/tag=<T>/*.csv`.
+    Partitioned,
+}
+
+/// What every sensor task shares.
+struct Ctx {
+    spec: FleetSpec,
+    data: Location,
+    out: Location,
+    pool: rayon::ThreadPool,
+    /// One sensor alone may use every thread for its rows.
+    parallel_rows: bool,
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Is the data URL one long CSV (not a partitioned prefix)?
+pub fn is_long_csv(url: &str) -> bool {
+    url.trim_end_matches('/').to_ascii_lowercase().ends_with(".csv")
+}
+
+/// Model file extensions, in order of preference when several exist for one sensor.
+const MODEL_EXTS: [&str; 4] = [".json", ".pkl", ".joblib", ""];
+
+/// Lists the models prefix: each sensor's chosen model object.
+pub async fn list_models(models: &Location) -> Result<BTreeMap<SensorId, Location>, StorageError> {
+    let mut found: BTreeMap<SensorId, (usize, String)> = BTreeMap::new();
+    for path in models.list().await? {
+        let Some(rel) = models.relative(&path) else { continue };
+        if rel.contains('/') {
+            continue;
+        }
+        let Some(sensor) = SensorId::from_model_file_name(&rel) else { continue };
+        let rank = MODEL_EXTS
+            .iter()
+            .position(|ext| rel == format!("{}{ext}", sensor.model_stem()))
+            .unwrap_or(MODEL_EXTS.len());
+        match found.get(&sensor) {
+            Some((r, _)) if *r <= rank => {}
+            _ => {
+                found.insert(sensor, (rank, rel));
+            }
+        }
+    }
+    Ok(found.into_iter().map(|(s, (_, rel))| (s, models.child(&rel))).collect())
+}
+
+/// Scores a fleet; `on_sensor_done` is called once per sensor as soon as its record is final.
+pub async fn score_fleet(
+    spec: &FleetSpec,
+    on_sensor_done: impl Fn(&SensorRecord) + Send + Sync,
+) -> Result<FleetSummary, FleetError> {
+    let start = Instant::now();
+    if spec.run_id.is_empty() || spec.run_id.contains('/') {
+        return Err(FleetError::Config(format!("run id {:?} must be non-empty and have no '/'", spec.run_id)));
+    }
+    let threads = spec.threads.unwrap_or(0);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("fleetscore-{i}"))
+        .build()
+        .map_err(|e| FleetError::Config(format!("cannot start {threads} threads: {e}")))?;
+    let models = open(&spec.models)?;
+    let data = open(&spec.data)?;
+    let out = open(&spec.output)?;
+
+    let available = list_models(&models).await?;
+    let sensors: Vec<SensorId> = match &spec.sensors {
+        SensorSelection::All => available.keys().cloned().collect(),
+        SensorSelection::List(list) => {
+            let mut seen = HashSet::new();
+            list.iter().filter(|s| seen.insert((*s).clone())).cloned().collect()
+        }
+    };
+    if sensors.is_empty() {
+        return Err(FleetError::NoSensors(match spec.sensors {
+            SensorSelection::All => format!("no model_<D>_<T> files under {}", spec.models),
+            SensorSelection::List(_) => "the sensor list is empty".into(),
+        }));
+    }
+
+    let mut summary = FleetSummary { sensors: sensors.len(), ..FleetSummary::default() };
+    let mut parsed: BTreeMap<SensorId, Series> = BTreeMap::new();
+    let mut pool = pool;
+    if is_long_csv(&spec.data) {
+        // One GET and one parallel parse for every sensor: the data is read once, not per sensor.
+        let t = Instant::now();
+        let buf = data.get().await?;
+        summary.data_read_ms = ms(t);
+        summary.data_bytes = buf.len() as u64;
+        let t = Instant::now();
+        let select: HashSet<SensorId> = sensors.iter().cloned().collect();
+        let parse_time = spec.aggregation.is_some();
+        let file = spec.data.clone();
+        let (result, back) = tokio::task::spawn_blocking(move || {
+            let opts = CsvOptions { strict: false, parse_time, select: Some(&select) };
+            let r = pool.install(|| parse(&file, &buf, &opts));
+            (r, pool)
+        })
+        .await
+        .map_err(|e| FleetError::Config(format!("parser task failed: {e}")))?;
+        pool = back;
+        let p = result?;
+        summary.data_parse_ms = ms(t);
+        summary.bad_rows = p.bad_rows;
+        if let Some(e) = p.first_bad_row.filter(|_| spec.strict) {
+            summary.data_errors.push(e.to_string());
+        }
+        parsed = p.sensors;
+    }
+    run_sensors(spec, sensors, available, parsed, data, out, pool, summary, start, on_sensor_done).await
+}
+
+#[allow(clippy::too_many_arguments)] // internal: the two layouts share this tail
+async fn run_sensors(
+    spec: &FleetSpec,
+    sensors: Vec<SensorId>,
+    available: BTreeMap<SensorId, Location>,
+    mut parsed: BTreeMap<SensorId, Series>,
+    data: Location,
+    out: Location,
+    pool: rayon::ThreadPool,
+    mut summary: FleetSummary,
+    start: Instant,
+    on_sensor_done: impl Fn(&SensorRecord) + Send + Sync,
+) -> Result<FleetSummary, FleetError> {
+    let long = is_long_csv(&spec.data);
+    let threads = pool.current_num_threads();
+    let ctx = Arc::new(Ctx { spec: spec.clone(), data, out, pool, parallel_rows: sensors.len() == 1 });
+    let tasks = sensors.into_iter().map(|sensor| {
+        let model = available.get(&sensor).cloned();
+        let input = if long { SensorData::Parsed(parsed.remove(&sensor)) } else { SensorData::Partitioned };
+        let ctx = ctx.clone();
+        async move { score_sensor(&ctx, sensor, model, input).await }
+    });
+    // Mostly I/O (object store GET/PUT) per task; CPU work is bounded by the rayon pool.
+    let mut stream = futures::stream::iter(tasks).buffer_unordered((threads * 16).max(64));
+    let mut records = Vec::new();
+    while let Some(rec) = stream.next().await {
+        on_sensor_done(&rec);
+        records.push(rec);
+    }
+    records.sort_by(|a, b| (&a.device, &a.tag).cmp(&(&b.device, &b.tag)));
+    for r in &records {
+        summary.rows += r.rows;
+        summary.anomalies += r.anomalies;
+        summary.skipped_rows += r.skipped_rows;
+        match &r.error {
+            None => summary.succeeded += 1,
+            Some(e) => {
+                summary.failed += 1;
+                summary.failures.push((r.sensor.clone(), e.clone()));
+            }
+        }
+    }
+    summary.wall_ms = ms(start);
+    Ok(summary)
+}
+
+/// The result of a sensor's CPU work.
+struct Scored {
+    preds: Vec<u8>,
+    rows: usize,
+    anomalies: usize,
+    skipped: usize,
+    parse_ms: f64,
+    score_ms: f64,
+    format_ms: f64,
+}
+
+async fn score_sensor(ctx: &Ctx, sensor: SensorId, model: Option<Location>, input: SensorData) -> SensorRecord {
+    let spec = &ctx.spec;
+    let mut rec = SensorRecord::new(&spec.run_id, &sensor);
+    if let Err(e) = score_into(ctx, &sensor, model, input, &mut rec).await {
+        rec.fail(format!("sensor {sensor}: {e}"));
+    }
+    let log = ctx.out.child(&log_path(&spec.run_id, &sensor));
+    if let Err(e) = log.put(Bytes::from(rec.to_json_line())).await {
+        let msg = format!("sensor {sensor}: writing the log record: {e}");
+        match &mut rec.error {
+            Some(prev) => prev.push_str(&format!("; {msg}")),
+            None => rec.fail(msg),
+        }
+    }
+    rec
+}
+
+async fn score_into(
+    ctx: &Ctx,
+    sensor: &SensorId,
+    model: Option<Location>,
+    input: SensorData,
+    rec: &mut SensorRecord,
+) -> Result<(), String> {
+    let spec = &ctx.spec;
+    let model = model.ok_or_else(|| {
+        format!("no model {}[.json|.pkl|.joblib] under {}", sensor.model_stem(), spec.models)
+    })?;
+    rec.model = Some(model.url.clone());
+    let t = Instant::now();
+    let model_bytes = model.get().await.map_err(|e| format!("reading the model: {e}"))?;
+    let mut parts: Vec<(String, Bytes)> = Vec::new();
+    let series = match input {
+        SensorData::Parsed(series) => Some(series.ok_or_else(|| format!("no readings in {}", spec.data))?),
+        SensorData::Partitioned => {
+            let dir = ctx.data.child(&format!(
+                "device={}/tag={}",
+                crate::output::path_segment(&sensor.device),
+                crate::output::path_segment(&sensor.tag)
+            ));
+            let listed = dir.list().await.map_err(|e| e.to_string())?;
+            for path in listed.into_iter().filter(|p| p.as_ref().ends_with(".csv")) {
+                let rel = dir.relative(&path).unwrap_or_else(|| path.to_string());
+                let loc = dir.child(&rel);
+                let bytes = loc.get().await.map_err(|e| e.to_string())?;
+                parts.push((loc.url, bytes));
+            }
+            if parts.is_empty() {
+                return Err(format!("no readings: no .csv files under {}", dir.url));
+            }
+            None
+        }
+    };
+    rec.timings.read_ms = ms(t);
+
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let sensor_c = sensor.clone();
+    let aggregation = spec.aggregation.clone();
+    let strict = spec.strict;
+    let parallel = ctx.parallel_rows;
+    let model_name = model.url.clone();
+    ctx.pool.spawn(move || {
+        let r = score_cpu(&sensor_c, &model_name, &model_bytes, series, parts, aggregation.as_ref(), strict, parallel);
+        let _ = tx.send(r);
+    });
+    let scored = rx.await.map_err(|_| "the scoring task stopped unexpectedly".to_string())?;
+    let scored = match scored {
+        Ok(s) => s,
+        Err((skipped, e)) => {
+            rec.skipped_rows = skipped;
+            return Err(e);
+        }
+    };
+    rec.rows = scored.rows;
+    rec.anomalies = scored.anomalies;
+    rec.skipped_rows = scored.skipped;
+    rec.timings.parse_ms = scored.parse_ms;
+    rec.timings.score_ms = scored.score_ms;
+    let t = Instant::now();
+    let dest = ctx.out.child(&preds_path(&spec.run_id, sensor));
+    dest.put(Bytes::from(scored.preds)).await.map_err(|e| format!("writing predictions: {e}"))?;
+    rec.timings.write_ms = scored.format_ms + ms(t);
+    rec.predictions = Some(dest.url);
+    Ok(())
+}
+
+/// Parses the model (and partitioned data), aggregates, scores and formats one sensor.
+/// On error, returns the skipped-row count so far with the message.
+#[allow(clippy::too_many_arguments)] // internal worker with plain inputs
+fn score_cpu(
+    sensor: &SensorId,
+    model_name: &str,
+    model_bytes: &[u8],
+    series: Option<Series>,
+    parts: Vec<(String, Bytes)>,
+    aggregation: Option<&Aggregation>,
+    strict: bool,
+    parallel: bool,
+) -> Result<Scored, (usize, String)> {
+    let t = Instant::now();
+    let model = Model::from_bytes(model_bytes).map_err(|e| (0, format!("loading {model_name}: {e}")))?;
+    let series = match series {
+        Some(s) => s,
+        None => {
+            let mut all = Series::default();
+            let select: HashSet<SensorId> = [sensor.clone()].into_iter().collect();
+            let opts = CsvOptions { strict: false, parse_time: aggregation.is_some(), select: Some(&select) };
+            for (url, bytes) in &parts {
+                let p = parse(url, bytes, &opts).map_err(|e| (all.skipped_rows, e.to_string()))?;
+                if let Some(e) = p.first_bad_row.filter(|_| strict) {
+                    return Err((all.skipped_rows, e.to_string()));
+                }
+                for (_, s) in p.sensors {
+                    all.append(s);
+                }
+            }
+            all
+        }
+    };
+    let skipped = series.skipped_rows;
+    if let Some(issue) = series.first_issue.as_ref().filter(|_| strict) {
+        return Err((skipped, format!("--strict: {issue}")));
+    }
+    let d = model.n_features();
+    let (x, ts_windows) = match aggregation {
+        None => {
+            let x = ArrayView2::from_shape((series.len(), 1), &series.values)
+                .map_err(|e| (skipped, e.to_string()))?
+                .to_owned();
+            (x, None)
+        }
+        Some(agg) => {
+            let w = aggregate(agg, &series.time_ms, &series.values);
+            (w.x, Some(w.start_ms))
+        }
+    };
+    if x.ncols() != d {
+        let how = match aggregation {
+            None => "raw values give 1 feature; use --aggregate/--features to match the model".to_string(),
+            Some(a) => format!("--features {} gives {}", a.features_text(), a.features.len()),
+        };
+        return Err((skipped, format!("{model_name} expects {d} feature(s) per row but {how}")));
+    }
+    let parse_ms = ms(t);
+
+    let t = Instant::now();
+    let decisions = score(&model, &x, parallel).map_err(|e| (skipped, format!("scoring with {model_name}: {e}")))?;
+    let score_ms = ms(t);
+
+    let t = Instant::now();
+    let rows = x.nrows();
+    let mut w = PredsWriter::new(sensor, rows);
+    let mut anomalies = 0;
+    for (i, &dec) in decisions.iter().enumerate() {
+        let anomaly = is_anomaly(dec);
+        anomalies += usize::from(anomaly);
+        let val = x[[i, 0]];
+        match &ts_windows {
+            None => w.row(series.ts_bytes(i), val, anomaly, dec),
+            Some(starts) => w.row(format_ms(starts[i]).as_bytes(), val, anomaly, dec),
+        }
+    }
+    Ok(Scored { preds: w.finish(), rows, anomalies, skipped, parse_ms, score_ms, format_ms: ms(t) })
+}
+
+fn score(model: &Model, x: &Array2<f64>, parallel: bool) -> Result<ndarray::Array1<f64>, ModelError> {
+    if parallel { model.decision_function_parallel(x.view()) } else { model.decision_function(x.view()) }
+}
+
+/// Reads every selected sensor's readings from a data URL (long CSV or partitioned prefix),
+/// for `train` and other whole-data commands. `select` None: every sensor in the data.
+pub async fn read_readings(
+    data_url: &str,
+    select: Option<&HashSet<SensorId>>,
+    parse_time: bool,
+) -> Result<(BTreeMap<SensorId, Series>, usize), FleetError> {
+    let data = open(data_url)?;
+    let mut out: BTreeMap<SensorId, Series> = BTreeMap::new();
+    let mut bad_rows = 0;
+    let mut files: Vec<Location> = Vec::new();
+    if is_long_csv(data_url) {
+        files.push(data.clone());
+    } else {
+        for path in data.list().await? {
+            let Some(rel) = data.relative(&path) else { continue };
+            let Some(sensor) = crate::data::partition::sensor_of_part(&rel) else { continue };
+            if select.is_none_or(|s| s.contains(&sensor)) {
+                files.push(data.child(&rel));
+            }
+        }
+    }
+    for file in files {
+        let buf = file.get().await?;
+        let opts = CsvOptions { strict: false, parse_time, select };
+        let p = parse(&file.url, &buf, &opts)?;
+        bad_rows += p.bad_rows;
+        for (sensor, series) in p.sensors {
+            out.entry(sensor).or_default().append(series);
+        }
+    }
+    Ok((out, bad_rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_csv_urls_are_told_from_partitioned_prefixes() {
+        assert!(is_long_csv("data/readings.csv"));
+        assert!(is_long_csv("az://c/x/ALL.CSV"));
+        assert!(!is_long_csv("az://c/partitioned/"));
+        assert!(!is_long_csv("/tmp/parts"));
+    }
+
+    #[test]
+    fn a_summary_fails_when_a_sensor_or_a_strict_data_check_failed() {
+        let mut s = FleetSummary { sensors: 2, succeeded: 2, ..FleetSummary::default() };
+        assert!(s.all_succeeded());
+        s.data_errors.push("x.csv:3: field row: expected 4 fields, found 3".into());
+        assert!(!s.all_succeeded());
+        s.data_errors.clear();
+        s.failed = 1;
+        s.failures.push(("1:4".into(), "no model".into()));
+        assert!(!s.all_succeeded());
+        assert!(s.render().contains("no model"));
+    }
+}

@@ -1,1 +1,467 @@
-//! TODO
+//! One-class SVM models as scikit-learn fits them: an optional `StandardScaler` in front of a
+//! `OneClassSVM`. Models load from scikit-learn pickles (read as data, never executed), joblib
+//! files, or fleetscore's native JSON format, and score with [`crate::kernel`], which reproduces
+//! scikit-learn's `decision_function` to within 1e-9.
+//!
+//! The contract other parts rely on (C2): [`Model::from_bytes`], [`Model::n_features`],
+//! [`Model::decision_function`] (anomaly iff decision <= 0.0, see [`is_anomaly`]),
+//! [`Model::to_native_bytes`], [`Model::info`] and [`train::train`].
+
+pub mod native;
+pub mod pickle;
+pub mod sklearn;
+pub mod train;
+
+use ndarray::{Array1, Array2, ArrayView2};
+use serde::{Deserialize, Serialize};
+
+use crate::kernel::ScoringKernel;
+
+/// Why a model could not be loaded, built or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The bytes were not a pickle the reader could parse.
+    #[error("reading the pickle: {0}")]
+    Pickle(#[from] pickle::PickleError),
+    /// The pickle parsed but did not hold a supported scikit-learn model.
+    #[error("converting the scikit-learn model: {0}")]
+    Sklearn(#[from] sklearn::SklearnError),
+    /// The native JSON model file was invalid.
+    #[error("reading the native model: {0}")]
+    Native(#[from] native::NativeError),
+    /// The bytes match no known model format.
+    #[error("unrecognised model format: {0}")]
+    UnknownFormat(String),
+    /// A field of the model is inconsistent or not finite.
+    #[error("invalid model: field `{field}`: {reason}")]
+    Invalid {
+        /// The offending field, e.g. `support_vectors` or `scaler.scale`.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The input rows have another number of features than the model.
+    #[error("the model expects {expected} feature(s) per row but the input has {found}")]
+    FeatureMismatch {
+        /// Features the model was fitted on.
+        expected: usize,
+        /// Columns in the input.
+        found: usize,
+    },
+}
+
+/// True when a decision value marks an anomaly: scikit-learn calls a row an inlier only when its
+/// decision is strictly positive, so 0.0 (and NaN) are anomalies.
+#[allow(clippy::neg_cmp_op_on_partial_ord)] // deliberate: NaN must count as an anomaly
+pub fn is_anomaly(decision: f64) -> bool {
+    !(decision > 0.0)
+}
+
+/// The SVM kernel function, with scikit-learn's (libsvm's) definitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelKind {
+    /// exp(-gamma ||a - b||²), summed as squared differences like libsvm.
+    Rbf,
+    /// a · b.
+    Linear,
+    /// (gamma a · b + coef0)^degree.
+    Poly,
+    /// tanh(gamma a · b + coef0).
+    Sigmoid,
+}
+
+impl KernelKind {
+    /// scikit-learn's name for the kernel (`rbf`, `linear`, `poly`, `sigmoid`).
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelKind::Rbf => "rbf",
+            KernelKind::Linear => "linear",
+            KernelKind::Poly => "poly",
+            KernelKind::Sigmoid => "sigmoid",
+        }
+    }
+
+    /// Parses scikit-learn's kernel name; `None` for unsupported kernels (precomputed, callables).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "rbf" => Some(KernelKind::Rbf),
+            "linear" => Some(KernelKind::Linear),
+            "poly" => Some(KernelKind::Poly),
+            "sigmoid" => Some(KernelKind::Sigmoid),
+            _ => None,
+        }
+    }
+}
+
+/// A fitted `StandardScaler`: z = (x - mean) / scale, each step optional as with_mean/with_std.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scaler {
+    /// Per-feature mean, `None` when fitted with `with_mean=False`.
+    pub mean: Option<Vec<f64>>,
+    /// Per-feature scale (std, 1.0 for constant features), `None` when `with_std=False`.
+    pub scale: Option<Vec<f64>>,
+}
+
+/// A fitted one-class SVM: decision(z) = Σ dual_coef_i · K(sv_i, z) + intercept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OneClassSvm {
+    /// Kernel function.
+    pub kernel: KernelKind,
+    /// The fitted gamma (scikit-learn's `_gamma`, resolved from 'scale'/'auto' at fit time).
+    pub gamma: f64,
+    /// Independent term of poly and sigmoid kernels.
+    pub coef0: f64,
+    /// Degree of the poly kernel.
+    pub degree: u32,
+    /// Support vectors, n_sv × n_features, in the scaled space.
+    pub support_vectors: Array2<f64>,
+    /// One coefficient per support vector (`_dual_coef_[0]`).
+    pub dual_coef: Vec<f64>,
+    /// `_intercept_[0]` (= -rho).
+    pub intercept: f64,
+    /// nu, when known (informational only).
+    pub nu: Option<f64>,
+}
+
+/// Where a model came from, for [`ModelInfo`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "format", rename_all = "kebab-case")]
+pub enum SourceFormat {
+    /// A scikit-learn pickle (`pickle.dump`).
+    SklearnPickle {
+        /// Pickle protocol (from the PROTO opcode; 0/1 pickles have none).
+        protocol: Option<u8>,
+    },
+    /// A `joblib.dump` file (pickle with raw array bytes following each array wrapper).
+    Joblib {
+        /// Pickle protocol of the joblib stream.
+        protocol: Option<u8>,
+    },
+    /// fleetscore's native JSON format.
+    Native {
+        /// Format version.
+        version: u32,
+    },
+    /// Built in memory, e.g. by [`train::train`].
+    InMemory,
+}
+
+impl std::fmt::Display for SourceFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceFormat::SklearnPickle { protocol: Some(p) } => write!(f, "sklearn-pickle protocol {p}"),
+            SourceFormat::SklearnPickle { protocol: None } => write!(f, "sklearn-pickle protocol 0-1"),
+            SourceFormat::Joblib { protocol: Some(p) } => write!(f, "joblib (pickle protocol {p})"),
+            SourceFormat::Joblib { protocol: None } => write!(f, "joblib"),
+            SourceFormat::Native { version } => write!(f, "native v{version}"),
+            SourceFormat::InMemory => write!(f, "in-memory"),
+        }
+    }
+}
+
+/// Descriptive facts about a model that do not affect scoring.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ModelMeta {
+    /// The format the model was read from.
+    pub source: Option<SourceFormat>,
+    /// `_sklearn_version` from the pickle's state, when present.
+    pub sklearn_version: Option<String>,
+    /// Free text on how the model was made (e.g. the trainer and its parameters).
+    pub trained_by: Option<String>,
+}
+
+/// A serialisable summary of a model (`inspect-model`, log records).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Kernel name.
+    pub kernel: KernelKind,
+    /// Number of support vectors.
+    pub n_support_vectors: usize,
+    /// Number of input features.
+    pub n_features: usize,
+    /// Fitted gamma.
+    pub gamma: f64,
+    /// coef0 (poly, sigmoid).
+    pub coef0: f64,
+    /// Degree (poly).
+    pub degree: u32,
+    /// nu, if known.
+    pub nu: Option<f64>,
+    /// Decision intercept.
+    pub intercept: f64,
+    /// Whether a StandardScaler runs first, and which of its steps.
+    pub scaler: Option<ScalerInfo>,
+    /// Source format, e.g. "sklearn-pickle protocol 3".
+    pub source: String,
+    /// scikit-learn version that wrote the pickle, if recorded.
+    pub sklearn_version: Option<String>,
+    /// How a native model was trained, if recorded.
+    pub trained_by: Option<String>,
+}
+
+/// Which steps a model's scaler applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScalerInfo {
+    /// Subtracts the mean.
+    pub with_mean: bool,
+    /// Divides by the scale.
+    pub with_std: bool,
+}
+
+/// A validated model ready to score.
+#[derive(Debug, Clone)]
+pub struct Model {
+    scaler: Option<Scaler>,
+    svm: OneClassSvm,
+    meta: ModelMeta,
+    kernel: ScoringKernel,
+}
+
+impl Model {
+    /// Builds a model after checking shapes and that every number is finite.
+    pub fn new(scaler: Option<Scaler>, svm: OneClassSvm, meta: ModelMeta) -> Result<Model, ModelError> {
+        let (n_sv, d) = svm.support_vectors.dim();
+        let invalid = |field: &'static str, reason: String| ModelError::Invalid { field, reason };
+        if d == 0 {
+            return Err(invalid("support_vectors", "has zero features".into()));
+        }
+        if svm.dual_coef.len() != n_sv {
+            return Err(invalid(
+                "dual_coef",
+                format!("has {} coefficients for {n_sv} support vectors", svm.dual_coef.len()),
+            ));
+        }
+        if let Some(i) = svm.support_vectors.iter().position(|v| !v.is_finite()) {
+            return Err(invalid("support_vectors", format!("element {i} is not finite")));
+        }
+        if let Some(i) = svm.dual_coef.iter().position(|v| !v.is_finite()) {
+            return Err(invalid("dual_coef", format!("element {i} is not finite")));
+        }
+        for (field, v) in [("intercept", svm.intercept), ("gamma", svm.gamma), ("coef0", svm.coef0)] {
+            if !v.is_finite() {
+                return Err(invalid(field, format!("{v} is not finite")));
+            }
+        }
+        if svm.kernel == KernelKind::Rbf && svm.gamma < 0.0 {
+            return Err(invalid("gamma", format!("{} is negative for an rbf kernel", svm.gamma)));
+        }
+        if let Some(nu) = svm.nu.filter(|nu| !nu.is_finite()) {
+            return Err(invalid("nu", format!("{nu} is not finite")));
+        }
+        if let Some(s) = &scaler {
+            for (field, v) in [("scaler.mean", &s.mean), ("scaler.scale", &s.scale)] {
+                if let Some(v) = v {
+                    if v.len() != d {
+                        return Err(invalid(field, format!("has {} values for {d} features", v.len())));
+                    }
+                    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                        return Err(invalid(field, format!("element {i} is not finite")));
+                    }
+                }
+            }
+            if let Some(i) = s.scale.iter().flatten().position(|x| *x == 0.0) {
+                return Err(invalid("scaler.scale", format!("element {i} is zero")));
+            }
+        }
+        let kernel = ScoringKernel::new(scaler.as_ref(), &svm);
+        Ok(Model { scaler, svm, meta, kernel })
+    }
+
+    /// Reads a model, detecting the format: native JSON, sklearn pickle or joblib file.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Model, ModelError> {
+        let first = bytes.iter().copied().find(|b| !b.is_ascii_whitespace());
+        match first {
+            None => Err(ModelError::UnknownFormat("the model file is empty".into())),
+            Some(b'{') => native::from_json(bytes),
+            Some(_) => {
+                if let Some(kind) = compressed_kind(bytes) {
+                    return Err(ModelError::UnknownFormat(format!(
+                        "{kind}-compressed joblib files are not supported; save with joblib.dump(..., compress=0) or pickle.dump"
+                    )));
+                }
+                let parsed = pickle::parse(bytes)?;
+                sklearn::model_from_pickle(&parsed)
+            }
+        }
+    }
+
+    /// Number of input features per row.
+    pub fn n_features(&self) -> usize {
+        self.svm.support_vectors.ncols()
+    }
+
+    /// Number of support vectors.
+    pub fn n_support_vectors(&self) -> usize {
+        self.svm.support_vectors.nrows()
+    }
+
+    /// scikit-learn's `decision_function` for each row (rows × features), on this thread.
+    pub fn decision_function(&self, x: ArrayView2<f64>) -> Result<Array1<f64>, ModelError> {
+        self.check_features(x.ncols())?;
+        let mut out = Array1::zeros(x.nrows());
+        self.kernel.decide_into(x, out.as_slice_mut().unwrap_or(&mut []));
+        Ok(out)
+    }
+
+    /// Like [`Model::decision_function`] but splits rows across rayon's current thread pool.
+    pub fn decision_function_parallel(&self, x: ArrayView2<f64>) -> Result<Array1<f64>, ModelError> {
+        self.check_features(x.ncols())?;
+        let mut out = vec![0.0; x.nrows()];
+        self.kernel.decide_into_parallel(x, &mut out);
+        Ok(Array1::from(out))
+    }
+
+    /// Decision for rows given as one flat row-major slice (`rows × n_features`), written to `out`.
+    pub fn decision_into(&self, flat: &[f64], out: &mut [f64]) -> Result<(), ModelError> {
+        let d = self.n_features();
+        if !flat.len().is_multiple_of(d) || flat.len() / d != out.len() {
+            return Err(ModelError::FeatureMismatch { expected: d, found: flat.len() / out.len().max(1) });
+        }
+        let view = ArrayView2::from_shape((out.len(), d), flat)
+            .map_err(|e| ModelError::Invalid { field: "input", reason: e.to_string() })?;
+        self.kernel.decide_into(view, out);
+        Ok(())
+    }
+
+    fn check_features(&self, found: usize) -> Result<(), ModelError> {
+        if found == self.n_features() {
+            Ok(())
+        } else {
+            Err(ModelError::FeatureMismatch { expected: self.n_features(), found })
+        }
+    }
+
+    /// The scaler in front of the SVM, if any.
+    pub fn scaler(&self) -> Option<&Scaler> {
+        self.scaler.as_ref()
+    }
+
+    /// The SVM.
+    pub fn svm(&self) -> &OneClassSvm {
+        &self.svm
+    }
+
+    /// Descriptive metadata.
+    pub fn meta(&self) -> &ModelMeta {
+        &self.meta
+    }
+
+    /// Serialises to fleetscore's native JSON format (see `scorer/MODEL_FORMAT.md`).
+    pub fn to_native_bytes(&self) -> Result<Vec<u8>, ModelError> {
+        native::to_json(self)
+    }
+
+    /// A serialisable summary.
+    pub fn info(&self) -> ModelInfo {
+        ModelInfo {
+            kernel: self.svm.kernel,
+            n_support_vectors: self.n_support_vectors(),
+            n_features: self.n_features(),
+            gamma: self.svm.gamma,
+            coef0: self.svm.coef0,
+            degree: self.svm.degree,
+            nu: self.svm.nu,
+            intercept: self.svm.intercept,
+            scaler: self
+                .scaler
+                .as_ref()
+                .map(|s| ScalerInfo { with_mean: s.mean.is_some(), with_std: s.scale.is_some() }),
+            source: self.meta.source.as_ref().unwrap_or(&SourceFormat::InMemory).to_string(),
+            sklearn_version: self.meta.sklearn_version.clone(),
+            trained_by: self.meta.trained_by.clone(),
+        }
+    }
+}
+
+/// Names the compression of a compressed joblib file, from its magic bytes.
+fn compressed_kind(bytes: &[u8]) -> Option<&'static str> {
+    const MAGICS: [(&[u8], &str); 5] = [
+        (b"\x78", "zlib"),
+        (b"\x1f\x8b", "gzip"),
+        (b"BZh", "bz2"),
+        (b"\xfd7zXZ", "xz"),
+        (b"\x04\x22\x4d\x18", "lz4"),
+    ];
+    MAGICS.iter().find(|(m, _)| bytes.starts_with(m)).map(|(_, k)| *k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    pub(crate) fn toy_model(kernel: KernelKind) -> Model {
+        let svm = OneClassSvm {
+            kernel,
+            gamma: 0.5,
+            coef0: 0.25,
+            degree: 3,
+            support_vectors: array![[0.0, 1.0], [1.0, -1.0], [-0.5, 0.25]],
+            dual_coef: vec![0.5, 1.0, 0.25],
+            intercept: -0.8,
+            nu: Some(0.1),
+        };
+        let scaler = Scaler { mean: Some(vec![10.0, -2.0]), scale: Some(vec![2.0, 0.5]) };
+        Model::new(Some(scaler), svm, ModelMeta::default()).unwrap()
+    }
+
+    #[test]
+    fn a_decision_of_exactly_zero_is_an_anomaly() {
+        assert!(is_anomaly(0.0));
+        assert!(is_anomaly(-0.0));
+        assert!(is_anomaly(f64::NAN));
+        assert!(!is_anomaly(1e-300));
+    }
+
+    #[test]
+    fn decisions_match_a_direct_evaluation_for_every_kernel() {
+        let x = array![[10.0, -2.0], [11.0, -1.5], [9.0, -2.25], [100.0, 3.0]];
+        for kernel in [KernelKind::Rbf, KernelKind::Linear, KernelKind::Poly, KernelKind::Sigmoid] {
+            let m = toy_model(kernel);
+            let got = m.decision_function(x.view()).unwrap();
+            for (r, row) in x.rows().into_iter().enumerate() {
+                let z = [(row[0] - 10.0) / 2.0, (row[1] + 2.0) / 0.5];
+                let mut s = 0.0;
+                for (j, sv) in m.svm().support_vectors.rows().into_iter().enumerate() {
+                    let dot = z[0] * sv[0] + z[1] * sv[1];
+                    let k = match kernel {
+                        KernelKind::Rbf => {
+                            (-0.5 * ((z[0] - sv[0]).powi(2) + (z[1] - sv[1]).powi(2))).exp()
+                        }
+                        KernelKind::Linear => dot,
+                        KernelKind::Poly => (0.5 * dot + 0.25).powi(3),
+                        KernelKind::Sigmoid => (0.5 * dot + 0.25).tanh(),
+                    };
+                    s += m.svm().dual_coef[j] * k;
+                }
+                let want = s - 0.8;
+                assert!((got[r] - want).abs() <= 1e-13 * (1.0 + want.abs()), "{kernel:?} row {r}: {} vs {want}", got[r]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_with_the_wrong_number_of_features_is_an_error() {
+        let m = toy_model(KernelKind::Rbf);
+        let x = Array2::<f64>::zeros((3, 5));
+        assert!(matches!(
+            m.decision_function(x.view()),
+            Err(ModelError::FeatureMismatch { expected: 2, found: 5 })
+        ));
+    }
+
+    #[test]
+    fn a_model_with_a_non_finite_coefficient_is_rejected_naming_the_field() {
+        let mut svm = toy_model(KernelKind::Rbf).svm().clone();
+        svm.dual_coef[1] = f64::NAN;
+        let err = Model::new(None, svm, ModelMeta::default()).unwrap_err();
+        assert!(err.to_string().contains("dual_coef"), "{err}");
+    }
+
+    #[test]
+    fn compressed_joblib_files_get_a_clear_error() {
+        let err = Model::from_bytes(b"\x78\x9c\x00\x00").unwrap_err();
+        assert!(err.to_string().contains("zlib"), "{err}");
+    }
+}

@@ -1,0 +1,203 @@
+//! The `fleetscore-scorer` binary end to end on local files: exit codes, outputs, layouts.
+// Test helpers may unwrap: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_fleetscore-scorer"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn run(args: &[&str], dir: &Path) -> Output {
+    bin().args(args).current_dir(dir).output().unwrap()
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+fn text(o: &Output) -> String {
+    format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A temp dir with `data.csv` (3 devices × 2 tags, 6 h of minutes) and native models for all.
+fn fleet() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(
+        &["generate", "--output", "data.csv", "--devices", "3", "--tags", "2", "--duration", "6h", "--anomaly-rate", "0.01"],
+        dir.path(),
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let o = run(&["train", "--data", "data.csv", "--models", "models", "--max-rows", "200", "--nu", "0.05"], dir.path());
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    dir
+}
+
+fn read(dir: &Path, rel: &str) -> String {
+    std::fs::read_to_string(dir.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+#[test]
+fn scoring_every_sensor_exits_zero_and_writes_predictions_and_logs() {
+    let dir = fleet();
+    let d = dir.path();
+    let o = run(&["score", "--models", "models", "--data", "data.csv", "--output", "out", "--run-id", "r1", "--all"], d);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("succeeded    6"), "{}", text(&o));
+    let preds = read(d, "out/r1/preds/preds_2_1.csv");
+    let mut lines = preds.lines();
+    assert_eq!(lines.next(), Some("TS,Device,Tag,Val,Prediction,Score"));
+    let first: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(first[0], "2018-08-28 23:00:00.000");
+    assert_eq!((first[1], first[2]), ("2", "1"));
+    assert!(first[4] == "0" || first[4] == "1");
+    assert_eq!(preds.lines().count(), 361);
+    let log: serde_json::Value = serde_json::from_str(&read(d, "out/r1/logs/2_1.json")).unwrap();
+    assert_eq!(log["outcome"], "Succeeded");
+    assert_eq!(log["rows"], 360);
+    assert_eq!(log["sensor"], "2:1");
+    for k in ["read_ms", "parse_ms", "score_ms", "write_ms"] {
+        assert!(log["timings"][k].is_number(), "{k}");
+    }
+}
+
+#[test]
+fn a_rerun_overwrites_its_outputs_instead_of_adding_new_ones() {
+    let dir = fleet();
+    let d = dir.path();
+    let args = ["score", "--models", "models", "--data", "data.csv", "--output", "out", "--run-id", "again", "--sensor", "1:1"];
+    assert_eq!(code(&run(&args, d)), 0);
+    let before = read(d, "out/again/preds/preds_1_1.csv");
+    assert_eq!(code(&run(&args, d)), 0);
+    assert_eq!(read(d, "out/again/preds/preds_1_1.csv"), before);
+    assert_eq!(std::fs::read_dir(d.join("out/again/preds")).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(d.join("out/again/logs")).unwrap().count(), 1);
+}
+
+#[test]
+fn a_failing_sensor_never_hides_the_others_and_the_exit_code_is_one() {
+    let dir = fleet();
+    let d = dir.path();
+    let o = run(
+        &["score", "--models", "models", "--data", "data.csv", "--output", "out", "--run-id", "r", "--sensor", "1:1", "--sensor", "7:7"],
+        d,
+    );
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("no model model_7_7"), "{}", text(&o));
+    assert!(d.join("out/r/preds/preds_1_1.csv").exists());
+    let log: serde_json::Value = serde_json::from_str(&read(d, "out/r/logs/7_7.json")).unwrap();
+    assert_eq!(log["outcome"], "Failed");
+    assert!(log["error"].as_str().unwrap().contains("7:7"));
+}
+
+#[test]
+fn usage_errors_exit_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for args in [
+        vec!["score", "--models", "m", "--data", "x.csv", "--output", "o", "--all"],
+        vec!["score", "--models", "m", "--data", "x.csv", "--output", "o", "--run-id", "r", "--sensor", "1-4"],
+        vec!["score", "--models", "m", "--data", "x.csv", "--output", "o", "--run-id", "r", "--all", "--aggregate", "5q"],
+        vec!["score", "--models", "m", "--data", "x.csv", "--output", "o", "--run-id", "r", "--all", "--sensor", "1:4"],
+        vec!["score", "--models", "s3://b/m", "--data", "x.csv", "--output", "o", "--run-id", "r", "--all"],
+        vec!["no-such-command"],
+    ] {
+        let o = run(&args, d);
+        assert_eq!(code(&o), 2, "{args:?}\n{}", text(&o));
+    }
+}
+
+#[test]
+fn help_describes_every_command() {
+    let o = bin().arg("--help").output().unwrap();
+    assert_eq!(code(&o), 0);
+    let help = String::from_utf8_lossy(&o.stdout);
+    for c in ["score", "partition", "train", "generate", "inspect-model"] {
+        assert!(help.contains(c), "{c} missing from\n{help}");
+    }
+    let o = bin().args(["score", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("--aggregate"));
+}
+
+#[test]
+fn the_partitioned_layout_gives_the_same_predictions_as_the_long_csv() {
+    let dir = fleet();
+    let d = dir.path();
+    let o = run(&["partition", "--input", "data.csv", "--output", "parts"], d);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(d.join("parts/device=3/tag=2/part-0.csv").exists());
+    let base = ["score", "--models", "models", "--output", "out", "--all"];
+    let o = run(&[&base[..], &["--data", "data.csv", "--run-id", "long"]].concat(), d);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let o = run(&[&base[..], &["--data", "parts", "--run-id", "parts"]].concat(), d);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    for s in ["1_1", "2_2", "3_2"] {
+        let rel = format!("preds/preds_{s}.csv");
+        assert_eq!(read(d, &format!("out/long/{rel}")), read(d, &format!("out/parts/{rel}")), "{s}");
+    }
+}
+
+#[test]
+fn bad_values_are_skipped_and_counted_or_fail_the_sensor_under_strict() {
+    let dir = fleet();
+    let d = dir.path();
+    let mut csv = read(d, "data.csv");
+    csv.push_str("2018-08-29 05:00:00.000,1,1,\n2018-08-29 05:01:00.000,1,1,oops\n");
+    std::fs::write(d.join("bad.csv"), &csv).unwrap();
+    let base = ["score", "--models", "models", "--data", "bad.csv", "--output", "out", "--sensor", "1:1,1:2"];
+    let o = run(&[&base[..], &["--run-id", "lenient"]].concat(), d);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let log: serde_json::Value = serde_json::from_str(&read(d, "out/lenient/logs/1_1.json")).unwrap();
+    assert_eq!(log["skipped_rows"], 2);
+
+    let o = run(&[&base[..], &["--run-id", "strict", "--strict"]].concat(), d);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    let log: serde_json::Value = serde_json::from_str(&read(d, "out/strict/logs/1_1.json")).unwrap();
+    assert_eq!(log["outcome"], "Failed");
+    let err = log["error"].as_str().unwrap();
+    let line = csv.lines().count() - 1;
+    assert!(err.contains(&format!("bad.csv:{line}")) && err.contains("Value"), "{err}");
+    // The sensor without bad rows still succeeds.
+    let log: serde_json::Value = serde_json::from_str(&read(d, "out/strict/logs/1_2.json")).unwrap();
+    assert_eq!(log["outcome"], "Succeeded");
+}
+
+#[test]
+fn aggregated_features_must_match_the_model_and_then_score_windows() {
+    let dir = fleet();
+    let d = dir.path();
+    let o = run(
+        &["train", "--data", "data.csv", "--models", "agg-models", "--aggregate", "5m", "--features", "mean,std,max", "--sensor", "1:1"],
+        d,
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let o = run(
+        &["score", "--models", "agg-models", "--data", "data.csv", "--output", "out", "--run-id", "agg", "--sensor", "1:1", "--aggregate", "5m", "--features", "mean,std,max"],
+        d,
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let preds = read(d, "out/agg/preds/preds_1_1.csv");
+    assert_eq!(preds.lines().count(), 1 + 72);
+    assert!(preds.lines().nth(2).unwrap().starts_with("2018-08-28 23:05:00.000,1,1,"));
+    // Raw values (one feature) against a three-feature model: the sensor fails, naming it.
+    let o = run(&["score", "--models", "agg-models", "--data", "data.csv", "--output", "out", "--run-id", "raw", "--sensor", "1:1"], d);
+    assert_eq!(code(&o), 1);
+    let log: serde_json::Value = serde_json::from_str(&read(d, "out/raw/logs/1_1.json")).unwrap();
+    assert!(log["error"].as_str().unwrap().contains("expects 3 feature"), "{log}");
+}
+
+#[test]
+fn inspect_model_prints_text_or_json() {
+    let dir = fleet();
+    let o = run(&["inspect-model", "models/model_1_1.json"], dir.path());
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("support vectors"));
+    let o = run(&["inspect-model", "--json", "models/model_1_1.json"], dir.path());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["n_features"], 1);
+    let o = run(&["inspect-model", "models/missing.json"], dir.path());
+    assert_eq!(code(&o), 1);
+}
