@@ -1,0 +1,3 @@
+//! Helpers for the operator's integration tests.
+
+pub mod fake_arm;
