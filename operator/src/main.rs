@@ -1,1 +1,287 @@
-fn main() {}
+//! `fleetscore`: the operator (`fleetscore operator`) and the embedded local runner
+//! (`fleetscore run --local FILE.yaml`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use clap::{Parser, Subcommand, ValueEnum};
+use fleetscore_operator::context::{Context, RunConfig};
+use fleetscore_operator::local::{self, LocalOptions, Manifest};
+use fleetscore_operator::metrics::RunMetrics;
+use fleetscore_operator::{run_controller, scaler, schedule};
+use indicatif::{ProgressBar, ProgressStyle};
+use prometheus_client::registry::Registry;
+
+/// Scores one anomaly-detection model per IoT sensor: a Kubernetes operator, or one machine.
+#[derive(Parser, Debug)]
+#[command(name = "fleetscore", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+// One value of this enum exists per process: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Command {
+    /// Run the controllers (ScoringRun, ScoringSchedule, node-pool scaler) with /metrics,
+    /// /healthz and /readyz. Reads the kubeconfig or in-cluster credentials.
+    Operator(OperatorArgs),
+    /// Score a ScoringRun (or ScoringSchedule) manifest on this machine, without Kubernetes.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct OperatorArgs {
+    /// Address of the HTTP server (/metrics, /healthz, /readyz).
+    #[arg(long, env = "FLEETSCORE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "FLEETSCORE_NAMESPACE")]
+    namespace: Option<String>,
+    /// Log format.
+    #[arg(long, env = "FLEETSCORE_LOG_FORMAT", value_enum, default_value = "json")]
+    log_format: LogFormat,
+    /// Seconds a finished scoring Job stays after its outcome is recorded (runs may override).
+    #[arg(long, env = "FLEETSCORE_FINISHED_JOB_TTL", default_value_t = 0)]
+    finished_job_ttl: i32,
+    /// Do not read or write the run ledger in storage (per-sensor records, summary.json).
+    #[arg(long, env = "FLEETSCORE_NO_LEDGER")]
+    no_ledger: bool,
+    /// Scorer image for runs that name none.
+    #[arg(long, env = "FLEETSCORE_SCORER_IMAGE")]
+    scorer_image: Option<String>,
+    /// ServiceAccount of scoring pods whose run sets no workload identity.
+    #[arg(long, env = "FLEETSCORE_SCORER_SERVICE_ACCOUNT")]
+    scorer_service_account: Option<String>,
+    /// Storage Secret (envFrom) for runs without credentials.
+    #[arg(long, env = "FLEETSCORE_SCORER_SECRET")]
+    scorer_secret: Option<String>,
+    /// Disable the ScoringSchedule controller.
+    #[arg(long)]
+    no_schedules: bool,
+    #[command(flatten)]
+    scaler: scaler::ScalerArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Score locally (the only mode of this command).
+    #[arg(long, required = true)]
+    local: bool,
+    /// The manifest: a ScoringRun (or ScoringSchedule); local paths are relative to the current
+    /// directory.
+    file: PathBuf,
+    /// Worker threads (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Write predictions and ledger here instead of `spec.storage.output`.
+    #[arg(long)]
+    output: Option<String>,
+    /// Progress bar: auto (on a terminal), always, never.
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: Progress,
+    /// For a ScoringSchedule: after scoring the latest slot, keep scoring each next slot at its
+    /// time (until interrupted).
+    #[arg(long)]
+    keep_running: bool,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum Progress {
+    Auto,
+    Always,
+    Never,
+}
+
+fn main() -> std::process::ExitCode {
+    // The workspace enables both rustls providers (kube: ring, reqwest: aws-lc-rs), so rustls
+    // cannot pick one and panics at the first TLS client unless one is installed; Err = already set.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fleetscore: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Operator(args) => operator(args).await.map(|()| true),
+            Command::Run(args) => run_local(args).await,
+        }
+    });
+    match result {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("fleetscore: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[derive(Clone)]
+struct HttpState {
+    registry: Arc<Registry>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn metrics_handler(State(state): State<HttpState>) -> (StatusCode, String) {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+        Ok(()) => (StatusCode::OK, text),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn ready_handler(State(state): State<HttpState>) -> (StatusCode, &'static str) {
+    if state.ready.load(Ordering::SeqCst) { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "starting") }
+}
+
+async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
+    init_logs(args.log_format);
+    let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
+    let mut registry = Registry::default();
+    let metrics = Arc::new(RunMetrics::register(&mut registry));
+    let scaler_metrics = scaler::ScalerMetrics::default();
+    scaler_metrics.register(&mut registry);
+    let config = RunConfig {
+        namespace: args.namespace.clone(),
+        finished_job_ttl_seconds: args.finished_job_ttl,
+        read_ledger: !args.no_ledger,
+        default_image: args.scorer_image.clone(),
+        default_secret: args.scorer_secret.clone(),
+        default_service_account: args.scorer_service_account.clone(),
+        ..RunConfig::default()
+    };
+    let scaler_config = args.scaler.config(args.namespace.clone()).context("scaler settings")?;
+    let ctx = Arc::new(Context::new(client.clone(), metrics, config));
+
+    let state = HttpState { registry: Arc::new(registry), ready: ctx.ready.clone() };
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready_handler))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding {}", args.metrics_addr))?;
+    tracing::info!(addr = %args.metrics_addr, namespace = ?args.namespace, "fleetscore operator starting");
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let scaler_task = tokio::spawn(scaler::controller::run(client.clone(), scaler_config, scaler_metrics));
+    let schedules = (!args.no_schedules).then(|| {
+        let clock: Arc<dyn schedule::clock::Clock> = Arc::new(schedule::clock::SystemClock);
+        tokio::spawn(schedule::controller::run_controller(client.clone(), clock, args.namespace.clone(), async {
+            let _ = tokio::signal::ctrl_c().await;
+        }))
+    });
+    // The run controller stops on SIGTERM/ctrl-c; then everything else goes with the process.
+    run_controller::run(ctx).await;
+    if let Some(s) = schedules {
+        let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+    }
+    scaler_task.abort();
+    server.abort();
+    Ok(())
+}
+
+/// Scores one run locally with a progress bar and prints its summary; false when a sensor failed.
+async fn score_run(
+    run: &fleetscore_operator::crd::run::ScoringRun,
+    opts: &LocalOptions,
+    progress: Progress,
+) -> anyhow::Result<bool> {
+    let name = run.metadata.name.clone().unwrap_or_default();
+    let spec = local::fleet_spec(run, opts)?;
+    let total = local::count_sensors(&spec).await;
+    let show = match progress {
+        Progress::Always => true,
+        Progress::Never => false,
+        Progress::Auto => std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let bar = if show { ProgressBar::new(total.unwrap_or(0) as u64) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} sensors {elapsed} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(name.clone());
+    let failed = std::sync::atomic::AtomicUsize::new(0);
+    let (summary, phase) = local::run_local(run, opts, |record| {
+        if record.outcome != fleetscore_scorer::output::Outcome::Succeeded {
+            let n = failed.fetch_add(1, Ordering::Relaxed) + 1;
+            bar.set_message(format!("{n} failed"));
+        }
+        bar.inc(1);
+    })
+    .await?;
+    bar.finish_and_clear();
+    println!("ScoringRun {name}: {}", phase.as_str());
+    print!("{}", summary.render());
+    println!(
+        "  output       {}",
+        fleetscore_operator::jobs::join_url(&spec.output, &spec.run_id)
+    );
+    Ok(summary.all_succeeded())
+}
+
+/// Scores each manifest document locally; false when any sensor failed.
+async fn run_local(args: RunArgs) -> anyhow::Result<bool> {
+    if !args.local {
+        bail!("only --local is supported by `fleetscore run`; in a cluster, kubectl apply the manifest");
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let opts = LocalOptions { threads: args.threads, output: args.output.clone() };
+    let mut all_ok = true;
+    let path = args.file.display().to_string();
+    for manifest in local::read_manifests(&args.file)? {
+        match manifest {
+            Manifest::Run(run) => all_ok &= score_run(&run, &opts, args.progress).await?,
+            Manifest::Other { kind, doc } if kind == "ScoringSchedule" => {
+                let sched = schedule::local::LocalSchedule::from_yaml(doc, &path)?;
+                let clock = schedule::clock::SystemClock;
+                all_ok &= schedule::local::run(&sched, &clock, args.keep_running, |run, slot| {
+                    let opts = opts.clone();
+                    let progress = args.progress;
+                    async move {
+                        println!("slot {slot}: ScoringRun {}", run.metadata.name.clone().unwrap_or_default());
+                        score_run(&run, &opts, progress).await
+                    }
+                })
+                .await?;
+            }
+            Manifest::Other { kind, .. } => {
+                bail!("{path}: kind {kind} cannot run locally (ScoringRun and ScoringSchedule can)");
+            }
+        }
+    }
+    Ok(all_ok)
+}
