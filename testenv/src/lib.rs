@@ -20,4 +20,4 @@ pub mod wait;
 pub use env::{TestEnv, TestEnvError, install_crypto_provider};
 pub use namespace::with_temp_ns;
 pub use podexec::{ExecConfig, PodExecutor};
-pub use wait::{wait_deleted, wait_for};
+pub use wait::{eventually, wait_deleted, wait_for};

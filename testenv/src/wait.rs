@@ -151,3 +151,20 @@ where
         last,
     }
 }
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics naming `what` after `timeout`:
+/// for conditions no single object's watch expresses (counts across objects, fakes' state).
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -9,7 +9,6 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +21,7 @@ use fleetscore_operator::crd::schedule::{SCHEDULED_AT_ANNOTATION, ScoringSchedul
 use fleetscore_operator::schedule::clock::{Clock, ScaledClock};
 use fleetscore_operator::schedule::controller::{build_run, run_controller};
 use fleetscore_operator::schedule::slots::CronSchedule;
-use fleetscore_testenv::{TestEnv, wait_for};
+use fleetscore_testenv::{TestEnv, eventually, wait_for};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -145,22 +144,6 @@ async fn finish(client: &Client, ns: &str, run: &str, phase: &str) {
         .unwrap_or_else(|e| panic!("cannot finish run {run}: {e}"));
 }
 
-/// Polls `check` every 100 ms until it returns `Some`, or panics with `what` after [`TIMEOUT`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(start.elapsed() < TIMEOUT, "timed out after {TIMEOUT:?} waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn get_schedule(client: &Client, ns: &str, name: &str) -> ScoringSchedule {
     Api::<ScoringSchedule>::namespaced(client.clone(), ns).get(name).await.unwrap()
 }
@@ -237,12 +220,12 @@ async fn forbid_skips_slots_while_a_run_is_active_and_resumes_after_it_finishes(
         let clock = Arc::new(ScaledClock::new(Utc::now(), 30.0));
         create(&client, &ns, &schedule("forbid", "* * * * *", json!({"concurrencyPolicy": "Forbid"}))).await;
         let op = Operator::start(&client, &ns, &clock);
-        let first = eventually("the first run exists", || {
+        let first = eventually("the first run exists", TIMEOUT, || {
             let (client, ns) = (client.clone(), ns.clone());
             async move { runs(&client, &ns).await.into_iter().next() }
         })
         .await;
-        let skipped = eventually("a slot was skipped", || {
+        let skipped = eventually("a slot was skipped", TIMEOUT, || {
             let (client, ns) = (client.clone(), ns.clone());
             async move {
                 let s = get_schedule(&client, &ns, "forbid").await;
@@ -256,7 +239,7 @@ async fn forbid_skips_slots_while_a_run_is_active_and_resumes_after_it_finishes(
         assert_eq!((cond.status.as_str(), cond.reason.as_str()), ("True", "SlotsSkipped"));
         assert!(!events_with_reason(&client, &ns, "Skipped").await.is_empty(), "a Skipped event");
         finish(&client, &ns, &first.1.name_any(), "Succeeded").await;
-        let second = eventually("a second run after the first finished", || {
+        let second = eventually("a second run after the first finished", TIMEOUT, || {
             let (client, ns) = (client.clone(), ns.clone());
             async move { runs(&client, &ns).await.into_iter().nth(1) }
         })
@@ -275,12 +258,12 @@ async fn replace_deletes_the_active_run_when_the_next_slot_comes() {
         let clock = Arc::new(ScaledClock::new(Utc::now(), 30.0));
         create(&client, &ns, &schedule("replace", "* * * * *", json!({"concurrencyPolicy": "Replace"}))).await;
         let op = Operator::start(&client, &ns, &clock);
-        let first = eventually("the first run exists", || {
+        let first = eventually("the first run exists", TIMEOUT, || {
             let (client, ns) = (client.clone(), ns.clone());
             async move { runs(&client, &ns).await.into_iter().next() }
         })
         .await;
-        let later = eventually("a later run replaced the first", || {
+        let later = eventually("a later run replaced the first", TIMEOUT, || {
             let (client, ns, first) = (client.clone(), ns.clone(), first.1.name_any());
             async move {
                 let all = runs(&client, &ns).await;
@@ -302,7 +285,7 @@ async fn allow_lets_runs_of_several_slots_be_active_together() {
         let clock = Arc::new(ScaledClock::new(Utc::now(), 30.0));
         create(&client, &ns, &schedule("allow", "* * * * *", json!({}))).await;
         let op = Operator::start(&client, &ns, &clock);
-        eventually("three active runs are listed in the status", || {
+        eventually("three active runs are listed in the status", TIMEOUT, || {
             let (client, ns) = (client.clone(), ns.clone());
             async move {
                 let s = get_schedule(&client, &ns, "allow").await;
@@ -323,7 +306,7 @@ async fn a_suspended_schedule_creates_nothing_and_resumes_without_a_burst() {
         let clock = Arc::new(ScaledClock::new(Utc::now(), 60.0));
         create(&client, &ns, &schedule("paused", "* * * * *", json!({"suspend": true}))).await;
         let op = Operator::start(&client, &ns, &clock);
-        let suspended = eventually("the Suspended condition is set and slots were passed over", || {
+        let suspended = eventually("the Suspended condition is set and slots were passed over", TIMEOUT, || {
             let (client, ns) = (client.clone(), ns.clone());
             async move {
                 let s = get_schedule(&client, &ns, "paused").await;
@@ -342,7 +325,7 @@ async fn a_suspended_schedule_creates_nothing_and_resumes_without_a_burst() {
         api.patch("paused", &PatchParams::default(), &Patch::Merge(json!({"spec": {"suspend": false}})))
             .await
             .unwrap();
-        let first = eventually("a run after resuming", || {
+        let first = eventually("a run after resuming", TIMEOUT, || {
             let (client, ns) = (client.clone(), ns.clone());
             async move { runs(&client, &ns).await.into_iter().next() }
         })
@@ -364,7 +347,7 @@ async fn backfill_after_downtime_creates_exactly_the_bounded_missed_runs() {
         let clock = Arc::new(ScaledClock::new(Utc::now(), 1.0));
         let sched = create(&client, &ns, &schedule("hourly", "0 * * * *", json!({"backfill": {"limit": 2}}))).await;
         let op = Operator::start(&client, &ns, &clock);
-        eventually("the next run time is known", || {
+        eventually("the next run time is known", TIMEOUT, || {
             let (client, ns) = (client.clone(), ns.clone());
             async move { get_schedule(&client, &ns, "hourly").await.status?.next_schedule_time }
         })
@@ -378,12 +361,12 @@ async fn backfill_after_downtime_creates_exactly_the_bounded_missed_runs() {
         assert!(due.total >= 5, "{due:?}");
         let expected_missed = i64::try_from(due.total).unwrap() - 3;
         let op = Operator::start(&client, &ns, &clock);
-        eventually("three runs exist", || {
+        eventually("three runs exist", TIMEOUT, || {
             let (client, ns) = (client.clone(), ns.clone());
             async move { (runs(&client, &ns).await.len() >= 3).then_some(()) }
         })
         .await;
-        let s = eventually("the status counts two missed slots", || {
+        let s = eventually("the status counts two missed slots", TIMEOUT, || {
             let (client, ns) = (client.clone(), ns.clone());
             async move {
                 let s = get_schedule(&client, &ns, "hourly").await;
@@ -422,7 +405,7 @@ async fn history_limits_prune_the_oldest_finished_runs() {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let s = eventually("at most one succeeded and one failed run remain", || {
+        let s = eventually("at most one succeeded and one failed run remain", TIMEOUT, || {
             let (client, ns) = (client.clone(), ns.clone());
             async move {
                 let all = runs(&client, &ns).await;
@@ -458,7 +441,7 @@ async fn two_replicas_and_a_restart_mid_tick_never_create_a_slot_twice() {
         // Two replicas start at once.
         let a = Operator::start(&client, &ns, &clock);
         let b = Operator::start(&client, &ns, &clock);
-        eventually("the slot is recorded as handled", || {
+        eventually("the slot is recorded as handled", TIMEOUT, || {
             let (client, ns) = (client.clone(), ns.clone());
             async move {
                 let s = get_schedule(&client, &ns, "once").await;
@@ -499,7 +482,7 @@ async fn the_api_server_refuses_a_bad_cron_or_zone_and_the_controller_flags_an_u
         create(&client, &ns, &schedule("mars", "0 * * * *", json!({"timeZone": "Mars/Olympus"}))).await;
         let clock = Arc::new(ScaledClock::new(Utc::now(), 1.0));
         let op = Operator::start(&client, &ns, &clock);
-        let s = eventually("the Invalid condition is set", || {
+        let s = eventually("the Invalid condition is set", TIMEOUT, || {
             let (client, ns) = (client.clone(), ns.clone());
             async move {
                 let s = get_schedule(&client, &ns, "mars").await;
@@ -590,7 +573,7 @@ async fn end_to_end_replace_ends_the_long_run_and_its_jobs_at_the_next_slot() {
         let op = Operator::start(&client, &ns, &clock);
         let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), &ns);
         // The first run gets its Job.
-        let first = eventually("the first run has a Job", || {
+        let first = eventually("the first run has a Job", TIMEOUT, || {
             let (client, ns, jobs) = (client.clone(), ns.clone(), jobs.clone());
             async move {
                 let (_, run) = runs(&client, &ns).await.into_iter().next()?;
@@ -600,7 +583,7 @@ async fn end_to_end_replace_ends_the_long_run_and_its_jobs_at_the_next_slot() {
             }
         })
         .await;
-        eventually("a later run replaced the first and its Jobs are gone", || {
+        eventually("a later run replaced the first and its Jobs are gone", TIMEOUT, || {
             let (client, ns, jobs, first) = (client.clone(), ns.clone(), jobs.clone(), first.clone());
             async move {
                 let all = runs(&client, &ns).await;

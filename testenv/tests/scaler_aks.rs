@@ -12,7 +12,7 @@
 #[allow(dead_code)] // the client tests use the rest of the fake
 mod fake_arm;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fake_arm::{FakeArm, POOL_PATH};
 use fleetscore_operator::crd::run::ScoringRun;
@@ -22,6 +22,7 @@ use fleetscore_operator::scaler::controller::AksSettings;
 use fleetscore_operator::scaler::policy::PolicyConfig;
 use fleetscore_operator::scaler::{Mode, ScalerConfig, ScalerMetrics, controller};
 use fleetscore_testenv::TestEnv;
+use fleetscore_testenv::wait::eventually;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -97,21 +98,6 @@ fn config(fake: &FakeArm, ns: &str) -> ScalerConfig {
     }
 }
 
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(start.elapsed() < TIMEOUT, "timed out after {TIMEOUT:?} waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 fn start(client: &Client, cfg: ScalerConfig) -> tokio::task::JoinHandle<()> {
     let c = client.clone();
     tokio::spawn(async move {
@@ -133,7 +119,7 @@ async fn the_aks_pool_grows_with_the_jobs_and_shrinks_after_the_delay_through_ar
         }
         let scaler = start(&client, config(&fake, &ns));
         // 3 Jobs at 2 per node: the pool's count becomes 2 through a PUT.
-        eventually("the agent pool has 2 nodes", || async { (fake.count() == 2).then_some(()) }).await;
+        eventually("the agent pool has 2 nodes", TIMEOUT, || async { (fake.count() == 2).then_some(()) }).await;
         let put = fake.seen_to("PUT", POOL_PATH).into_iter().next().unwrap();
         let body: Value = serde_json::from_str(&put.body).unwrap();
         assert_eq!(body["properties"]["count"], 2);
@@ -141,7 +127,7 @@ async fn the_aks_pool_grows_with_the_jobs_and_shrinks_after_the_delay_through_ar
         for i in 0..3 {
             jobs.delete(&format!("j{i}"), &DeleteParams::background()).await.unwrap();
         }
-        eventually("the agent pool is back to 0", || async { (fake.count() == 0).then_some(()) }).await;
+        eventually("the agent pool is back to 0", TIMEOUT, || async { (fake.count() == 0).then_some(()) }).await;
         scaler.abort();
     })
     .await;
@@ -167,7 +153,7 @@ async fn a_pool_with_the_cluster_autoscaler_enabled_is_never_scaled_and_the_run_
             jobs.create(&PostParams::default(), &job(&format!("j{i}"), "r1")).await.unwrap();
         }
         let scaler = start(&client, config(&fake, &ns));
-        let scaling: Value = eventually("the run reports the scaler's condition", || async {
+        let scaling: Value = eventually("the run reports the scaler's condition", TIMEOUT, || async {
             let r = runs.get("r1").await.ok()?;
             let s = r.status?.scaler?;
             s.get("scaling").cloned()

@@ -21,6 +21,7 @@ use fleetscore_operator::scaler::kwok::{NodeTemplate, POOL_LABEL};
 use fleetscore_operator::scaler::policy::PolicyConfig;
 use fleetscore_operator::scaler::{Mode, ScalerConfig, ScalerMetrics, controller};
 use fleetscore_testenv::TestEnv;
+use fleetscore_testenv::wait::eventually;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -171,22 +172,6 @@ fn phase(p: &Pod) -> &str {
 
 fn node_of(p: &Pod) -> Option<String> {
     p.spec.as_ref().and_then(|s| s.node_name.clone())
-}
-
-/// Polls `check` every 250 ms until it returns `Some`, or panics with `what` after `timeout`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 async fn remove_pool(client: &Client, pool: &str) {
