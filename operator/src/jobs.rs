@@ -133,7 +133,7 @@ pub fn features_arg(features: &[crate::crd::run::Feature]) -> String {
     if features.is_empty() {
         return "mean".into();
     }
-    features.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(",")
+    features.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(",")
 }
 
 /// The prepare step's arguments: partition the one CSV into `<output>/<run>/partitions`.

@@ -250,34 +250,8 @@ impl AggregateWindow {
     }
 }
 
-/// A window feature.
-#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Feature {
-    /// Mean value.
-    Mean,
-    /// Minimum.
-    Min,
-    /// Maximum.
-    Max,
-    /// Standard deviation.
-    Std,
-    /// Number of readings.
-    Count,
-}
-
-impl Feature {
-    /// The scorer's spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Mean => "mean",
-            Self::Min => "min",
-            Self::Max => "max",
-            Self::Std => "std",
-            Self::Count => "count",
-        }
-    }
-}
+/// A window feature: the scorer's own type, so the CRD and the scorer spell it alike.
+pub use fleetscore_scorer::data::aggregate::Feature;
 
 /// Storage credentials, by reference.
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]

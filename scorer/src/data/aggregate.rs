@@ -11,6 +11,7 @@ use super::DataError;
 
 /// One per-window feature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Feature {
     /// Arithmetic mean.
