@@ -76,39 +76,60 @@ fn mutate(rng: &mut Rng, input: &mut Vec<u8>, seeds: &[Vec<u8>]) {
     input.truncate(1 << 20);
 }
 
-/// Runs `check` on mutated seeds for the time given by `--seconds N` (default 10) and prints a
-/// summary. Seeds: every file in `<fuzz dir>/corpus/<target>/` plus `extra_seeds`.
+/// Runs `check` on mutated seeds and prints a summary. `--runs N --seed S` (the default: 20,000
+/// runs, seed 1) replays the same inputs every time, so CI is reproducible; `--seconds T` runs for a
+/// time instead, from a random seed unless `--seed` is given. Seeds: every file in
+/// `<fuzz dir>/corpus/<target>/` (in name order) plus `extra_seeds`.
 pub fn smoke(target: &str, extra_seeds: &[&[u8]], check: fn(&[u8])) {
-    let mut seconds = 10.0;
+    let mut runs_wanted: Option<u64> = None;
+    let mut seconds: Option<f64> = None;
+    let mut seed: Option<u64> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        if a == "--seconds" {
-            seconds = args.next().and_then(|s| s.parse().ok()).unwrap_or(seconds);
+        let value = args.next();
+        match a.as_str() {
+            "--seconds" => seconds = value.and_then(|s| s.parse().ok()),
+            "--runs" => runs_wanted = value.and_then(|s| s.parse().ok()),
+            "--seed" => seed = value.and_then(|s| s.parse().ok()),
+            other => {
+                eprintln!("fuzz target {target}: unknown argument {other} (use --runs N, --seconds T, --seed S)");
+                std::process::exit(2);
+            }
         }
     }
+    if seconds.is_none() && runs_wanted.is_none() {
+        runs_wanted = Some(20_000);
+        seed = seed.or(Some(1));
+    }
+    let seed = seed.unwrap_or_else(|| {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        nanos ^ u64::from(std::process::id())
+    });
     let mut seeds: Vec<Vec<u8>> = extra_seeds.iter().map(|s| s.to_vec()).collect();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target);
-    if let Ok(entries) = std::fs::read_dir(&dir) {
-        for e in entries.flatten() {
-            if let Ok(b) = std::fs::read(e.path()) {
-                seeds.push(b);
-            }
+    let mut files: Vec<_> = std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    files.sort();
+    for f in files {
+        if let Ok(b) = std::fs::read(f) {
+            seeds.push(b);
         }
     }
     if seeds.is_empty() {
         seeds.push(Vec::new());
     }
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()));
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    // xorshift never leaves zero: mix the seed into a non-zero constant.
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ seed.wrapping_mul(0xff51_afd7_ed55_8ccd) | 1);
+    let started = Instant::now();
+    let deadline = seconds.map(|s| started + Duration::from_secs_f64(s));
     let mut runs: u64 = 0;
     // Quiet the default hook: the input is what matters.
     std::panic::set_hook(Box::new(|info| eprintln!("panic: {info}")));
-    while Instant::now() < deadline {
+    while runs_wanted.is_none_or(|n| runs < n) && deadline.is_none_or(|d| Instant::now() < d) {
         let mut input = seeds[rng.below(seeds.len())].clone();
         mutate(&mut rng, &mut input, &seeds);
         if catch_unwind(AssertUnwindSafe(|| check(&input))).is_err() {
             let hex: String = input.iter().map(|b| format!("{b:02x}")).collect();
-            eprintln!("fuzz target {target}: crash after {runs} runs on input ({} bytes):\n{hex}", input.len());
+            eprintln!("fuzz target {target}: crash after {runs} runs (seed {seed}) on input ({} bytes):\n{hex}", input.len());
             std::process::exit(1);
         }
         runs += 1;
@@ -117,5 +138,6 @@ pub fn smoke(target: &str, extra_seeds: &[&[u8]], check: fn(&[u8])) {
             seeds.push(input);
         }
     }
-    println!("fuzz target {target}: {runs} runs in {seconds} s, no crash ({} seeds)", seeds.len());
+    let took = started.elapsed().as_secs_f64();
+    println!("fuzz target {target}: {runs} runs (seed {seed}) in {took:.1} s, no crash ({} seeds)", seeds.len());
 }

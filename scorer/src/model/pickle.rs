@@ -756,10 +756,12 @@ impl<'a> Vm<'a> {
 /// Bytes per element of a numpy dtype string such as `f8`, `<i4`, `b1`.
 pub fn dtype_itemsize(descr: &str) -> Option<u64> {
     let d = descr.trim_start_matches(['<', '>', '|', '=']);
-    let (kind, size) = d.split_at(d.len().min(1));
-    let size: u64 = size.parse().ok()?;
+    // By char, not byte: the descr comes from untrusted input and may start with a multi-byte char.
+    let mut chars = d.chars();
+    let kind = chars.next()?;
+    let size: u64 = chars.as_str().parse().ok()?;
     match kind {
-        "f" | "i" | "u" | "b" | "c" | "M" | "m" => Some(size),
+        'f' | 'i' | 'u' | 'b' | 'c' | 'M' | 'm' => Some(size),
         _ => None,
     }
 }
@@ -842,6 +844,17 @@ X\x01\x00\x00\x00bq\x03\x88u.";
         for i in inputs {
             assert!(parse(i).is_err(), "{i:?}");
         }
+    }
+
+    #[test]
+    fn a_joblib_dtype_starting_with_a_multibyte_char_is_an_error() {
+        // Found by the fuzzer: the dtype name was split at byte 1, inside 'é'.
+        let p = b"\x80\x02cjoblib.numpy_pickle\nNumpyArrayWrapper\nq\x00)\x81q\x01}q\x02(X\x08\x00\x00\x00subclassq\x03NX\x05\x00\x00\x00shapeq\x04K\x01\x85q\x05X\x05\x00\x00\x00orderq\x06X\x01\x00\x00\x00Cq\x07X\x05\x00\x00\x00dtypeq\x08cnumpy\ndtype\nq\tX\x03\x00\x00\x00\xc3\xa98q\n\x89\x88\x87q\x0bRq\x0c(K\x03X\x01\x00\x00\x00<q\rNNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tq\x0ebX\n\x00\x00\x00allow_mmapq\x0f\x89ub.";
+        let err = parse(p).unwrap_err().to_string();
+        assert!(err.contains("unsupported dtype \"é8\""), "{err}");
+        assert_eq!(dtype_itemsize("é8"), None);
+        assert_eq!(dtype_itemsize("<f8"), Some(8));
+        assert_eq!(dtype_itemsize("|b1"), Some(1));
     }
 
     #[test]
