@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use fleetscore_scorer::output::{Outcome, SensorRecord};
+use fleetscore_scorer::sensor::SensorId;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -439,7 +441,7 @@ impl Reconciler {
         Ok(found.into_keys().map(|s| SensorRef { device: s.device, tag: s.tag }).collect())
     }
 
-    /// The failed sensors of an earlier, finished run (every sensor of its failed batches).
+    /// The failed sensors of an earlier, finished run.
     async fn failed_sensors_of(&self, earlier: &str) -> Result<Vec<SensorRef>, RunError> {
         let Some(old) = self.runs.get_opt(earlier).await.map_err(kube_err("read the run to rerun"))? else {
             return Err(RunError::Invalid(format!("rerunOf: run {earlier} not found")));
@@ -462,7 +464,27 @@ impl Reconciler {
         };
         let layout = Layout::new(old_sensors.len(), old.spec.sensors_per_job);
         let failed = BatchSet::parse(&st.failed_batches, "status.failedBatches")?;
-        Ok(failed.iter().flat_map(|b| old_sensors[layout.range(b)].to_vec()).collect())
+        let mut rerun = Vec::new();
+        for b in failed.iter() {
+            let batch = &old_sensors[layout.range(b)];
+            if batch.len() == 1 {
+                rerun.extend_from_slice(batch);
+                continue;
+            }
+            // A packed Job fails when any of its sensors fails: rerun only those the ledger does not
+            // show as succeeded (all of them when it cannot be read).
+            match self.sensor_records(&old.spec.storage.output, earlier, batch).await {
+                Some(records) => rerun.extend(
+                    batch
+                        .iter()
+                        .zip(records)
+                        .filter(|(_, r)| !r.as_ref().is_some_and(|r| r.outcome == Outcome::Succeeded))
+                        .map(|(s, _)| s.clone()),
+                ),
+                None => rerun.extend_from_slice(batch),
+            }
+        }
+        Ok(rerun)
     }
 
     /// Partitions one big CSV once (the prepare Job) and returns the data URL scoring reads.
@@ -504,27 +526,34 @@ impl Reconciler {
 
     /// Names which sensors of a failed multi-sensor Job failed, from the scorer's log records.
     async fn refine_failures(&self, run: &ScoringRun, batch: &[SensorRef], failed: &mut Vec<FailedSensor>) {
-        if !self.ctx.config.read_ledger {
-            return;
-        }
-        let Ok(out) = fleetscore_scorer::storage::open(&run.spec.storage.output) else { return };
+        let Some(records) = self.sensor_records(&run.spec.storage.output, &self.name, batch).await else { return };
         let mut refined = Vec::new();
-        for s in batch {
-            let id = fleetscore_scorer::sensor::SensorId::new(s.device.clone(), s.tag.clone());
-            let loc = out.child(&fleetscore_scorer::output::log_path(&self.name, &id));
-            let Ok(bytes) = loc.get().await else { return };
-            let Ok(record) = serde_json::from_slice::<fleetscore_scorer::output::SensorRecord>(&bytes) else { return };
-            if record.outcome != fleetscore_scorer::output::Outcome::Succeeded {
-                refined.push(FailedSensor {
-                    sensor: s.to_string(),
-                    reason: "ScorerFailed".into(),
-                    message: record.error.unwrap_or_default(),
-                });
+        for (s, record) in batch.iter().zip(records) {
+            // A sensor without a record never ran to the end: the Job-level failure stands.
+            let Some(record) = record else { return };
+            if record.outcome != Outcome::Succeeded {
+                refined.push(FailedSensor { sensor: s.to_string(), reason: "ScorerFailed".into(), message: record.error.unwrap_or_default() });
             }
         }
         if !refined.is_empty() {
             *failed = refined;
         }
+    }
+
+    /// The scorer's log record of each of `sensors` in `run_name`'s output (`None` where it is
+    /// missing or unreadable); `None` as a whole when the ledger is not read or the store won't open.
+    async fn sensor_records(&self, output: &str, run_name: &str, sensors: &[SensorRef]) -> Option<Vec<Option<SensorRecord>>> {
+        if !self.ctx.config.read_ledger {
+            return None;
+        }
+        let out = fleetscore_scorer::storage::open(output).ok()?;
+        let mut records = Vec::with_capacity(sensors.len());
+        for s in sensors {
+            let id = SensorId::new(s.device.clone(), s.tag.clone());
+            let bytes = out.child(&fleetscore_scorer::output::log_path(run_name, &id)).get().await.ok();
+            records.push(bytes.and_then(|b| serde_json::from_slice::<SensorRecord>(&b).ok()));
+        }
+        Some(records)
     }
 
     /// Writes `<output>/<run>/summary.json` (best effort, operator credentials).

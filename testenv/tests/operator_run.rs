@@ -389,6 +389,74 @@ async fn failing_sensors_are_counted_with_reasons_the_policy_decides_and_rerun_f
 }
 
 #[tokio::test]
+async fn a_packed_job_names_its_failed_sensors_and_rerun_repeats_only_those() {
+    let Some(env) = TestEnv::for_test().await else {
+        return;
+    };
+    if !scorer_available() {
+        return;
+    }
+    install_crds(&env.client).await;
+    env.with_temp_ns(|client, ns| async move {
+        let fleet = reference_fleet();
+        // One Job scores all five sensors; the models of tags 4 and 5 are missing at first.
+        let models = tempfile::tempdir().unwrap();
+        let copy_models = |tags: std::ops::RangeInclusive<u32>| {
+            for t in tags {
+                let name = format!("model_1_{t}.pkl");
+                std::fs::copy(fleet.join("models").join(&name), models.path().join(&name)).unwrap();
+            }
+        };
+        copy_models(1..=3);
+        let out = tempfile::tempdir().unwrap();
+        let exec = PodExecutor::start(client.clone(), &ns, ExecConfig::from_env());
+        let op = Operator::start(&client, &ns);
+        let runs: Api<ScoringRun> = Api::namespaced(client.clone(), &ns);
+        let spec = json!({
+            "sensors": { "devices": ["1"], "tags": ["1", "2", "3", "4", "5"] },
+            "storage": {
+                "models": models.path(),
+                "data": fleet.join("readings.csv"),
+                "output": out.path(),
+                "partition": "Never",
+            },
+            "sensorsPerJob": 5,
+            "backoffLimit": 0,
+            "failurePolicy": { "maxFailedSensors": 2 },
+            "podLabels": { EXEC_LABEL: EXEC_LOCAL },
+        });
+        runs.create(&PostParams::default(), &run("packed", spec))
+            .await
+            .unwrap();
+        let st = finished(&runs, "packed").await.status.unwrap();
+        // The Job failed as a whole; the scorer's log records name the two sensors that failed.
+        assert_eq!(st.phase, Some(Phase::PartiallySucceeded), "{:?}", st.message);
+        assert_eq!((st.total, st.succeeded, st.failed), (5, 3, 2));
+        let failed: BTreeSet<_> = st.failed_sensors.iter().map(|f| (f.sensor.as_str(), f.reason.as_str())).collect();
+        assert_eq!(failed, BTreeSet::from([("1:4", "ScorerFailed"), ("1:5", "ScorerFailed")]));
+
+        copy_models(4..=5);
+        let annotate = json!({ "metadata": { "annotations": { RERUN_ANNOTATION: "1" } } });
+        runs.patch("packed", &PatchParams::default(), &Patch::Merge(&annotate))
+            .await
+            .unwrap();
+        let rerun_name = run_controller::rerun_name("packed", "1");
+        let st = finished(&runs, &rerun_name).await.status.unwrap();
+        assert_eq!((st.phase, st.total, st.succeeded), (Some(Phase::Succeeded), 2, 2));
+        let preds = out.path().join(&rerun_name).join("preds");
+        let mut written: Vec<_> = std::fs::read_dir(&preds)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        written.sort();
+        assert_eq!(written, ["preds_1_4.csv", "preds_1_5.csv"]);
+        op.kill().await;
+        exec.stop();
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn parallelism_is_never_exceeded_and_jobs_are_removed_once_recorded() {
     let Some(env) = TestEnv::for_test().await else {
         return;
