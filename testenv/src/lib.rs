@@ -12,6 +12,7 @@
 
 pub mod azurite;
 pub mod env;
+pub mod events;
 pub mod namespace;
 pub mod podexec;
 pub mod skip;

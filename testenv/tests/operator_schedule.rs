@@ -21,8 +21,8 @@ use fleetscore_operator::crd::schedule::{SCHEDULED_AT_ANNOTATION, ScoringSchedul
 use fleetscore_operator::schedule::clock::{Clock, ScaledClock};
 use fleetscore_operator::schedule::controller::{build_run, run_controller};
 use fleetscore_operator::schedule::slots::CronSchedule;
+use fleetscore_testenv::events::events_with_reason;
 use fleetscore_testenv::{TestEnv, eventually, wait_for};
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, CustomResourceExt, ResourceExt};
@@ -150,12 +150,6 @@ async fn get_schedule(client: &Client, ns: &str, name: &str) -> ScoringSchedule 
 
 fn condition<'a>(s: &'a ScoringSchedule, type_: &str) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
     s.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
-}
-
-async fn events_with_reason(client: &Client, ns: &str, reason: &str) -> Vec<Event> {
-    let api: Api<Event> = Api::namespaced(client.clone(), ns);
-    let list = api.list(&ListParams::default()).await.unwrap();
-    list.items.into_iter().filter(|e| e.reason.as_deref() == Some(reason)).collect()
 }
 
 /// A test environment with the CRDs installed, or `None` (skipped) without one.

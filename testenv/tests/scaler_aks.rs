@@ -22,6 +22,7 @@ use fleetscore_operator::scaler::controller::AksSettings;
 use fleetscore_operator::scaler::policy::PolicyConfig;
 use fleetscore_operator::scaler::{Mode, ScalerConfig, ScalerMetrics, controller};
 use fleetscore_testenv::TestEnv;
+use fleetscore_testenv::events::event_notes;
 use fleetscore_testenv::wait::eventually;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -161,6 +162,12 @@ async fn a_pool_with_the_cluster_autoscaler_enabled_is_never_scaled_and_the_run_
         .await;
         assert_eq!(scaling["status"], "False", "{scaling}");
         assert_eq!(scaling["reason"], "ClusterAutoscalerEnabled", "{scaling}");
+        let notes = eventually("a NodePoolNotScaled event on r1", TIMEOUT, || async {
+            let notes = event_notes(&client, &ns, "NodePoolNotScaled", "r1").await;
+            (!notes.is_empty()).then_some(notes)
+        })
+        .await;
+        assert!(notes[0].contains("autoscaler"), "{notes:?}");
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(fake.seen_to("PUT", POOL_PATH).is_empty(), "an autoscaler-enabled pool was resized");
         assert_eq!(fake.count(), 1);

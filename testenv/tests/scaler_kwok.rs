@@ -21,6 +21,7 @@ use fleetscore_operator::scaler::kwok::{NodeTemplate, POOL_LABEL};
 use fleetscore_operator::scaler::policy::PolicyConfig;
 use fleetscore_operator::scaler::{Mode, ScalerConfig, ScalerMetrics, controller};
 use fleetscore_testenv::TestEnv;
+use fleetscore_testenv::events::event_notes;
 use fleetscore_testenv::wait::eventually;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -252,6 +253,15 @@ async fn a_run_scales_the_pool_from_zero_to_n_and_back_to_zero_and_reports_it() 
         let managers: Vec<String> = runs.get("r1").await.unwrap().metadata.managed_fields.unwrap_or_default()
             .into_iter().filter_map(|m| m.manager).collect();
         assert!(managers.iter().any(|m| m == "fleetscore-scaler"), "{managers:?}");
+        // `kubectl describe scoringrun r1` says why nodes came and went.
+        for reason in ["NodePoolScaledUp", "NodePoolScaledDown"] {
+            let notes = eventually(&format!("a {reason} event on r1"), TIMEOUT, || async {
+                let notes = event_notes(&client, &ns, reason, "r1").await;
+                (!notes.is_empty()).then_some(notes)
+            })
+            .await;
+            assert!(notes[0].contains(pool), "{reason}: {notes:?}");
+        }
         drop(scaler);
     })
     .await;

@@ -18,9 +18,10 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -450,6 +451,10 @@ pub async fn run(client: Client, config: ScalerConfig, metrics: ScalerMetrics) -
     );
     tracing::info!(mode = config.mode.as_str(), pool = %config.pool, policy = ?config.policy, "node-pool scaler started");
 
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() },
+    );
     let mut state = LoopState::default();
     loop {
         if t1.is_finished() {
@@ -465,7 +470,7 @@ pub async fn run(client: Client, config: ScalerConfig, metrics: ScalerMetrics) -
             return Err(ScalerError::WatchEnded("ScoringSchedule"));
         }
         let stores = Stores { runs: &runs, jobs: &jobs, pods: &pods, schedules: schedules.0.as_ref() };
-        let recheck = tick(&client, &config, &mut backend, &stores, &metrics, &mut state).await;
+        let recheck = tick(&client, &recorder, &config, &mut backend, &stores, &metrics, &mut state).await;
         let mut sleep_for = config.resync;
         if let Some(at) = recheck {
             let until = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO) + Duration::from_millis(50);
@@ -514,6 +519,7 @@ struct Stores<'a> {
 
 async fn tick(
     client: &Client,
+    recorder: &Recorder,
     config: &ScalerConfig,
     backend: &mut Backend,
     stores: &Stores<'_>,
@@ -537,6 +543,8 @@ async fn tick(
             tracing::info!(pool = %config.pool, mode = config.mode.as_str(), "scaler manages the pool size");
         } else {
             tracing::warn!(pool = %config.pool, reason = scalable.reason, "scaler does not resize the pool: {}", scalable.message);
+            let note = format!("pool {} is not resized by fleetscore: {}", config.pool, scalable.message);
+            announce(recorder, &run_list, &demand, EventType::Warning, "NodePoolNotScaled", note).await;
         }
         st.last_scalable = Some(scalable.clone());
     }
@@ -547,19 +555,24 @@ async fn tick(
     let mut after = current;
     if scalable.ok && decision.desired != current && !backend.busy() {
         tracing::info!(pool = %config.pool, current, "{decision}");
-        match backend.apply(decision.desired).await {
-            Ok(Some(n)) => {
-                after = n;
+        let result = backend.apply(decision.desired).await;
+        let (type_, reason, note) = match &result {
+            Ok(_) => {
                 metrics.scale_operations.inc();
-            }
-            Ok(None) => {
-                metrics.scale_operations.inc();
+                let reason = if decision.desired > current { "NodePoolScaledUp" } else { "NodePoolScaledDown" };
+                (EventType::Normal, reason, format!("pool {}: {current} nodes, {decision}", config.pool))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "scaler could not resize the pool");
                 metrics.errors.inc();
+                let note = format!("pool {}: resizing {current} -> {} nodes failed: {e}", config.pool, decision.desired);
+                (EventType::Warning, "NodePoolScaleFailed", note)
             }
+        };
+        if let Ok(Some(n)) = result {
+            after = n;
         }
+        announce(recorder, &run_list, &demand, type_, reason, note).await;
         metrics.current.set(i64::from(after));
     } else if st.last_logged != Some((current, decision.desired, decision.reason.code())) {
         tracing::debug!(pool = %config.pool, current, scalable = scalable.ok, "{decision}");
@@ -568,6 +581,37 @@ async fn tick(
 
     update_reports(client, config, &run_list, &demand, stores.pods, (current, after), &decision, &scalable, st, now).await;
     decision.recheck_at
+}
+
+/// Publishes a scaler Event on the runs that need nodes now or, when none does (a scale-down),
+/// on the run that finished last: `kubectl describe scoringrun` then shows why nodes came and went.
+async fn announce(
+    recorder: &Recorder,
+    runs: &[Arc<ScoringRun>],
+    demand: &[RunDemand],
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let key = |r: &ScoringRun| format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any());
+    let busy: Vec<&Arc<ScoringRun>> =
+        runs.iter().filter(|r| demand.iter().any(|d| d.queued + d.active > 0 && d.run == key(r))).collect();
+    let targets = if busy.is_empty() {
+        runs.iter()
+            .filter_map(|r| Some((r.status.as_ref()?.completion_time.as_ref()?.0, r)))
+            .max_by_key(|(t, _)| *t)
+            .map(|(_, r)| r)
+            .into_iter()
+            .collect()
+    } else {
+        busy
+    };
+    for r in targets {
+        let ev = Event { type_, reason: reason.into(), note: Some(note.clone()), action: "Scale".into(), secondary: None };
+        if let Err(e) = recorder.publish(&ev, &r.object_ref(&())).await {
+            tracing::warn!(run = %key(r), error = %e, "publishing a scaler event failed");
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
