@@ -170,6 +170,8 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(RunMetrics::register(&mut registry));
     let scaler_metrics = scaler::ScalerMetrics::default();
     scaler_metrics.register(&mut registry);
+    let schedule_metrics = schedule::metrics::ScheduleMetrics::default();
+    schedule_metrics.register(&mut registry);
     let config = RunConfig {
         namespace: args.namespace.clone(),
         finished_job_ttl_seconds: args.finished_job_ttl,
@@ -197,7 +199,8 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
     let scaler_task = tokio::spawn(scaler::controller::run(client.clone(), scaler_config, scaler_metrics));
     let schedules = (!args.no_schedules).then(|| {
         let clock: Arc<dyn schedule::clock::Clock> = Arc::new(schedule::clock::SystemClock);
-        tokio::spawn(schedule::controller::run_controller(client.clone(), clock, args.namespace.clone(), async {
+        let namespace = args.namespace.clone();
+        tokio::spawn(schedule::controller::run_controller(client.clone(), clock, schedule_metrics, namespace, async {
             let _ = tokio::signal::ctrl_c().await;
         }))
     });

@@ -20,6 +20,7 @@ use fleetscore_operator::run_controller;
 use fleetscore_operator::crd::schedule::{SCHEDULED_AT_ANNOTATION, ScoringSchedule};
 use fleetscore_operator::schedule::clock::{Clock, ScaledClock};
 use fleetscore_operator::schedule::controller::{build_run, run_controller};
+use fleetscore_operator::schedule::metrics::ScheduleMetrics;
 use fleetscore_operator::schedule::slots::CronSchedule;
 use fleetscore_testenv::events::events_with_reason;
 use fleetscore_testenv::{TestEnv, eventually, wait_for};
@@ -56,16 +57,18 @@ async fn install_crds(client: &Client) {
 struct Operator {
     stop: oneshot::Sender<()>,
     handle: JoinHandle<()>,
+    metrics: ScheduleMetrics,
 }
 
 impl Operator {
     fn start(client: &Client, ns: &str, clock: &Arc<ScaledClock>) -> Self {
         let (stop, stopped) = oneshot::channel::<()>();
         let clock: Arc<dyn Clock> = clock.clone();
-        let handle = tokio::spawn(run_controller(client.clone(), clock, Some(ns.to_string()), async move {
+        let metrics = ScheduleMetrics::default();
+        let handle = tokio::spawn(run_controller(client.clone(), clock, metrics.clone(), Some(ns.to_string()), async move {
             let _ = stopped.await;
         }));
-        Self { stop, handle }
+        Self { stop, handle, metrics }
     }
 
     async fn stop(self) {
@@ -240,6 +243,8 @@ async fn forbid_skips_slots_while_a_run_is_active_and_resumes_after_it_finishes(
         .await;
         let skipped_slot = skipped.status.unwrap().last_schedule_time.unwrap();
         assert!(second.0 > skipped_slot, "second run {} must come after the skipped slot {skipped_slot}", second.0);
+        assert!(op.metrics.slot_count("skipped") >= 1, "skipped slots are counted");
+        assert!(op.metrics.reconciles.get() >= 2);
         op.stop().await;
     })
     .await;
@@ -369,7 +374,9 @@ async fn backfill_after_downtime_creates_exactly_the_bounded_missed_runs() {
         })
         .await;
         tokio::time::sleep(Duration::from_secs(2)).await;
+        let counted = (op.metrics.slot_count("created"), op.metrics.slot_count("missed"));
         op.stop().await;
+        assert_eq!(counted, (3, u64::try_from(expected_missed).unwrap()), "fleetscore_schedule_slots_total by outcome");
         let slots: Vec<DateTime<Utc>> = runs(&client, &ns).await.into_iter().map(|(s, _)| s).collect();
         assert_eq!(slots, due.slots, "exactly the newest three missed slots");
         assert_eq!(condition(&s, "Missed").map(|c| c.status.as_str()), Some("True"));

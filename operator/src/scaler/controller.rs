@@ -541,6 +541,9 @@ async fn tick(
     if st.last_scalable.as_ref() != Some(&scalable) {
         if scalable.ok {
             tracing::info!(pool = %config.pool, mode = config.mode.as_str(), "scaler manages the pool size");
+        } else if scalable.reason == "ModeNone" {
+            // Chosen by the user: nothing to warn about.
+            tracing::info!(pool = %config.pool, "scaler leaves the pool size alone: {}", scalable.message);
         } else {
             tracing::warn!(pool = %config.pool, reason = scalable.reason, "scaler does not resize the pool: {}", scalable.message);
             let note = format!("pool {} is not resized by fleetscore: {}", config.pool, scalable.message);

@@ -24,6 +24,7 @@ use crate::crd::schedule::{
     WINDOW_START_ANNOTATION,
 };
 use crate::schedule::clock::Clock;
+use crate::schedule::metrics::ScheduleMetrics;
 use crate::schedule::naming::{label_value, run_name};
 use crate::schedule::plan::{TickInput, TickPlan, plan_tick};
 use crate::schedule::slots::{CronSchedule, SlotError};
@@ -97,11 +98,13 @@ pub struct ScheduleContext {
     pub recorder: Recorder,
     /// The clock slots are compared with (the system clock in production).
     pub clock: Arc<dyn Clock>,
+    /// Reconciles, errors and slot outcomes.
+    pub metrics: ScheduleMetrics,
 }
 
 impl ScheduleContext {
     /// A context with a recorder reporting as `fleetscore-schedule`.
-    pub fn new(client: Client, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(client: Client, clock: Arc<dyn Clock>, metrics: ScheduleMetrics) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -110,6 +113,7 @@ impl ScheduleContext {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             clock,
+            metrics,
         }
     }
 }
@@ -119,6 +123,7 @@ impl ScheduleContext {
 pub async fn run_controller(
     client: Client,
     clock: Arc<dyn Clock>,
+    metrics: ScheduleMetrics,
     namespace: Option<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -129,7 +134,7 @@ pub async fn run_controller(
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let ctx = Arc::new(ScheduleContext::new(client, clock));
+    let ctx = Arc::new(ScheduleContext::new(client, clock, metrics));
     Controller::new(schedules, watcher::Config::default())
         .owns(runs, watcher::Config::default().labels(SCHEDULE_LABEL))
         .graceful_shutdown_on(shutdown)
@@ -146,8 +151,9 @@ pub async fn run_controller(
 pub fn error_policy(
     sched: Arc<ScoringSchedule>,
     error: &ScheduleError,
-    _ctx: Arc<ScheduleContext>,
+    ctx: Arc<ScheduleContext>,
 ) -> Action {
+    ctx.metrics.errors.inc();
     // A conflicting status write means another writer was faster: retry at once on fresh state.
     if let ScheduleError::WriteStatus { source: kube::Error::Api(s), .. } = error
         && s.is_conflict()
@@ -174,6 +180,7 @@ pub async fn reconcile(
     cached: Arc<ScoringSchedule>,
     ctx: Arc<ScheduleContext>,
 ) -> Result<Action, ScheduleError> {
+    ctx.metrics.reconciles.inc();
     let name = cached.name_any();
     let ns = cached
         .namespace()
@@ -238,6 +245,7 @@ pub async fn reconcile(
     if plan.replace_active {
         for run in &active {
             delete_run(&runs_api, &name, &run.name).await?;
+            ctx.metrics.replaced.inc();
             publish(
                 &ctx,
                 &sched,
@@ -257,6 +265,7 @@ pub async fn reconcile(
         let run_name = run.name_any();
         match runs_api.create(&PostParams::default(), &run).await {
             Ok(_) => {
+                ctx.metrics.slots("created", 1);
                 info!(schedule = %name, run = %run_name, slot = %slot, "created run");
                 publish(
                     &ctx,
@@ -312,6 +321,9 @@ pub async fn reconcile(
 
     let status = next_status(&sched, &old, &plan, &runs, &active, &created_runs, now);
     write_status(&schedules, &sched, &old, &status).await?;
+    // Counted once the status holds them, so a retried tick does not count them twice.
+    ctx.metrics.slots("skipped", plan.skipped.len() as u64);
+    ctx.metrics.slots("missed", plan.missed as u64);
 
     Ok(match plan.next {
         Some(next) => Action::requeue(ctx.clock.real_duration_until(next)),

@@ -4,6 +4,7 @@
 pub mod clock;
 pub mod controller;
 pub mod local;
+pub mod metrics;
 pub mod naming;
 pub mod plan;
 pub mod slots;
