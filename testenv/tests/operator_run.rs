@@ -279,6 +279,45 @@ async fn a_15_sensor_run_partitions_once_and_completes_with_correct_counts_and_p
     .await;
 }
 
+/// Copies the reference fleet's models of device 1, tags `tags`, into `dir`.
+fn copy_device1_models(dir: &Path, tags: std::ops::RangeInclusive<u32>) {
+    for t in tags {
+        let name = format!("model_1_{t}.pkl");
+        std::fs::copy(reference_fleet().join("models").join(&name), dir.join(&name)).unwrap();
+    }
+}
+
+/// A run of device 1's five sensors on the reference readings, scored by the real scorer;
+/// `extra` adds or overrides spec fields.
+fn device1_spec(models: &Path, out: &Path, extra: serde_json::Value) -> serde_json::Value {
+    let mut spec = json!({
+        "sensors": { "devices": ["1"], "tags": ["1", "2", "3", "4", "5"] },
+        "storage": {
+            "models": models,
+            "data": reference_fleet().join("readings.csv"),
+            "output": out,
+            "partition": "Never",
+        },
+        "backoffLimit": 0,
+        "podLabels": { EXEC_LABEL: EXEC_LOCAL },
+    });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    spec
+}
+
+/// Asks finished run `name` to rerun its failed sensors and returns the rerun once it finished.
+async fn rerun_failed(runs: &Api<ScoringRun>, name: &str) -> ScoringRun {
+    let annotate = json!({ "metadata": { "annotations": { RERUN_ANNOTATION: "1" } } });
+    runs.patch(name, &PatchParams::default(), &Patch::Merge(&annotate))
+        .await
+        .unwrap();
+    let rerun = finished(runs, &run_controller::rerun_name(name, "1")).await;
+    assert_eq!(rerun.spec.rerun_of.as_deref(), Some(name));
+    rerun
+}
+
 #[tokio::test]
 async fn failing_sensors_are_counted_with_reasons_the_policy_decides_and_rerun_failed_works() {
     let Some(env) = TestEnv::for_test().await else {
@@ -289,34 +328,16 @@ async fn failing_sensors_are_counted_with_reasons_the_policy_decides_and_rerun_f
     }
     install_crds(&env.client).await;
     env.with_temp_ns(|client, ns| async move {
-        let fleet = reference_fleet();
         // Models for tags 1-3 only: sensors 1:4 and 1:5 fail until their models appear.
         let models = tempfile::tempdir().unwrap();
-        for t in 1..=3 {
-            std::fs::copy(
-                fleet.join(format!("models/model_1_{t}.pkl")),
-                models.path().join(format!("model_1_{t}.pkl")),
-            )
-            .unwrap();
-        }
+        copy_device1_models(models.path(), 1..=3);
         let out = tempfile::tempdir().unwrap();
         let exec = PodExecutor::start(client.clone(), &ns, ExecConfig::from_env());
         let op = Operator::start(&client, &ns);
         let runs: Api<ScoringRun> = Api::namespaced(client.clone(), &ns);
         let spec = |tolerate: i64| {
-            json!({
-                "sensors": { "devices": ["1"], "tags": ["1", "2", "3", "4", "5"] },
-                "storage": {
-                    "models": models.path(),
-                    "data": fleet.join("readings.csv"),
-                    "output": out.path(),
-                    "partition": "Never",
-                },
-                "parallelism": 5,
-                "backoffLimit": 0,
-                "failurePolicy": { "maxFailedSensors": tolerate },
-                "podLabels": { EXEC_LABEL: EXEC_LOCAL },
-            })
+            let policy = json!({ "parallelism": 5, "failurePolicy": { "maxFailedSensors": tolerate } });
+            device1_spec(models.path(), out.path(), policy)
         };
         runs.create(&PostParams::default(), &run("tolerant", spec(2)))
             .await
@@ -354,24 +375,9 @@ async fn failing_sensors_are_counted_with_reasons_the_policy_decides_and_rerun_f
         assert_eq!((strict.succeeded, strict.failed), (3, 2));
 
         // The models arrive; rerunning the failed sensors succeeds.
-        for t in 4..=5 {
-            std::fs::copy(
-                fleet.join(format!("models/model_1_{t}.pkl")),
-                models.path().join(format!("model_1_{t}.pkl")),
-            )
-            .unwrap();
-        }
-        let annotate = json!({ "metadata": { "annotations": { RERUN_ANNOTATION: "1" } } });
-        runs.patch(
-            "tolerant",
-            &PatchParams::default(),
-            &Patch::Merge(&annotate),
-        )
-        .await
-        .unwrap();
-        let rerun_name = run_controller::rerun_name("tolerant", "1");
-        let rerun = finished(&runs, &rerun_name).await;
-        assert_eq!(rerun.spec.rerun_of.as_deref(), Some("tolerant"));
+        copy_device1_models(models.path(), 4..=5);
+        let rerun = rerun_failed(&runs, "tolerant").await;
+        let rerun_name = rerun.name_any();
         let st = rerun.status.unwrap();
         assert_eq!(
             (st.phase, st.total, st.succeeded),
@@ -398,33 +404,15 @@ async fn a_packed_job_names_its_failed_sensors_and_rerun_repeats_only_those() {
     }
     install_crds(&env.client).await;
     env.with_temp_ns(|client, ns| async move {
-        let fleet = reference_fleet();
         // One Job scores all five sensors; the models of tags 4 and 5 are missing at first.
         let models = tempfile::tempdir().unwrap();
-        let copy_models = |tags: std::ops::RangeInclusive<u32>| {
-            for t in tags {
-                let name = format!("model_1_{t}.pkl");
-                std::fs::copy(fleet.join("models").join(&name), models.path().join(&name)).unwrap();
-            }
-        };
-        copy_models(1..=3);
+        copy_device1_models(models.path(), 1..=3);
         let out = tempfile::tempdir().unwrap();
         let exec = PodExecutor::start(client.clone(), &ns, ExecConfig::from_env());
         let op = Operator::start(&client, &ns);
         let runs: Api<ScoringRun> = Api::namespaced(client.clone(), &ns);
-        let spec = json!({
-            "sensors": { "devices": ["1"], "tags": ["1", "2", "3", "4", "5"] },
-            "storage": {
-                "models": models.path(),
-                "data": fleet.join("readings.csv"),
-                "output": out.path(),
-                "partition": "Never",
-            },
-            "sensorsPerJob": 5,
-            "backoffLimit": 0,
-            "failurePolicy": { "maxFailedSensors": 2 },
-            "podLabels": { EXEC_LABEL: EXEC_LOCAL },
-        });
+        let policy = json!({ "sensorsPerJob": 5, "failurePolicy": { "maxFailedSensors": 2 } });
+        let spec = device1_spec(models.path(), out.path(), policy);
         runs.create(&PostParams::default(), &run("packed", spec))
             .await
             .unwrap();
@@ -435,13 +423,10 @@ async fn a_packed_job_names_its_failed_sensors_and_rerun_repeats_only_those() {
         let failed: BTreeSet<_> = st.failed_sensors.iter().map(|f| (f.sensor.as_str(), f.reason.as_str())).collect();
         assert_eq!(failed, BTreeSet::from([("1:4", "ScorerFailed"), ("1:5", "ScorerFailed")]));
 
-        copy_models(4..=5);
-        let annotate = json!({ "metadata": { "annotations": { RERUN_ANNOTATION: "1" } } });
-        runs.patch("packed", &PatchParams::default(), &Patch::Merge(&annotate))
-            .await
-            .unwrap();
-        let rerun_name = run_controller::rerun_name("packed", "1");
-        let st = finished(&runs, &rerun_name).await.status.unwrap();
+        copy_device1_models(models.path(), 4..=5);
+        let rerun = rerun_failed(&runs, "packed").await;
+        let rerun_name = rerun.name_any();
+        let st = rerun.status.unwrap();
         assert_eq!((st.phase, st.total, st.succeeded), (Some(Phase::Succeeded), 2, 2));
         let preds = out.path().join(&rerun_name).join("preds");
         let mut written: Vec<_> = std::fs::read_dir(&preds)
