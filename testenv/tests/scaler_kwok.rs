@@ -253,6 +253,15 @@ async fn a_run_scales_the_pool_from_zero_to_n_and_back_to_zero_and_reports_it() 
         let managers: Vec<String> = runs.get("r1").await.unwrap().metadata.managed_fields.unwrap_or_default()
             .into_iter().filter_map(|m| m.manager).collect();
         assert!(managers.iter().any(|m| m == "fleetscore-scaler"), "{managers:?}");
+        // The final report also went into the per-run histograms.
+        let mut registry = prometheus_client::registry::Registry::default();
+        scaler.1.register(&mut registry);
+        eventually("the run is in fleetscore_scaler_run_node_minutes", TIMEOUT, || async {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).ok()?;
+            text.contains("fleetscore_scaler_run_node_minutes_count 1").then_some(())
+        })
+        .await;
         // `kubectl describe scoringrun r1` says why nodes came and went.
         for reason in ["NodePoolScaledUp", "NodePoolScaledDown"] {
             let notes = eventually(&format!("a {reason} event on r1"), TIMEOUT, || async {

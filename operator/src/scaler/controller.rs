@@ -582,7 +582,8 @@ async fn tick(
     }
     st.last_logged = Some((current, decision.desired, decision.reason.code()));
 
-    update_reports(client, config, &run_list, &demand, stores.pods, (current, after), &decision, &scalable, st, now).await;
+    let observed = (current, after);
+    update_reports(client, config, metrics, &run_list, &demand, stores.pods, observed, &decision, &scalable, st, now).await;
     decision.recheck_at
 }
 
@@ -621,6 +622,7 @@ async fn announce(
 async fn update_reports(
     client: &Client,
     config: &ScalerConfig,
+    metrics: &ScalerMetrics,
     runs: &[Arc<ScoringRun>],
     demand: &[RunDemand],
     pods: &Store<Pod>,
@@ -694,10 +696,11 @@ async fn update_reports(
             });
             match api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await {
                 Ok(_) => {
-                    st.last_patched.insert(key.clone(), (report, Instant::now()));
                     if is_final {
+                        metrics.observe_run(&report);
                         st.trackers.remove(&key);
                     }
+                    st.last_patched.insert(key.clone(), (report, Instant::now()));
                 }
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => tracing::warn!(run = %key, error = %e, "cannot write the node-pool report"),

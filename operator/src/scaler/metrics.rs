@@ -2,10 +2,13 @@
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// Current and desired pool size, demand, and operation counters.
-#[derive(Clone, Default, Debug)]
+use super::report::NodePoolReport;
+
+/// Current and desired pool size, demand, operation counters, and what each run cost.
+#[derive(Clone, Debug)]
 pub struct ScalerMetrics {
     /// Nodes the pool has.
     pub current: Gauge,
@@ -17,6 +20,29 @@ pub struct ScalerMetrics {
     pub scale_operations: Counter,
     /// Failed pool reads or resizes.
     pub errors: Counter,
+    /// Node-minutes per finished run (histogram over runs).
+    pub run_node_minutes: Histogram,
+    /// Seconds from a run's start to its first pod running.
+    pub run_first_pod_seconds: Histogram,
+    /// Seconds the pool idled above its minimum after a run's last Job.
+    pub run_idle_tail_seconds: Histogram,
+}
+
+impl Default for ScalerMetrics {
+    fn default() -> Self {
+        Self {
+            current: Gauge::default(),
+            desired: Gauge::default(),
+            jobs_needing_node: Gauge::default(),
+            scale_operations: Counter::default(),
+            errors: Counter::default(),
+            // 0.25 node-minutes up to about 34 node-days.
+            run_node_minutes: Histogram::new(exponential_buckets(0.25, 2.0, 18)),
+            // 1 s up to about 9 hours: a cold AKS node takes minutes, a warm one seconds.
+            run_first_pod_seconds: Histogram::new(exponential_buckets(1.0, 2.0, 16)),
+            run_idle_tail_seconds: Histogram::new(exponential_buckets(1.0, 2.0, 16)),
+        }
+    }
 }
 
 impl ScalerMetrics {
@@ -32,6 +58,28 @@ impl ScalerMetrics {
         );
         r.register("scale_operations", "Pool resize operations started", self.scale_operations.clone());
         r.register("errors", "Failed pool reads or resizes", self.errors.clone());
+        r.register("run_node_minutes", "Pool node-minutes per finished run", self.run_node_minutes.clone());
+        r.register(
+            "run_first_pod_seconds",
+            "Seconds from a run's start to its first pod running",
+            self.run_first_pod_seconds.clone(),
+        );
+        r.register(
+            "run_idle_tail_seconds",
+            "Seconds the pool idled above its minimum after a run's last Job",
+            self.run_idle_tail_seconds.clone(),
+        );
+    }
+
+    /// Records a run's final node-pool report.
+    pub fn observe_run(&self, report: &NodePoolReport) {
+        self.run_node_minutes.observe(report.node_minutes);
+        if let Some(s) = report.time_to_first_pod_running_seconds {
+            self.run_first_pod_seconds.observe(s);
+        }
+        if let Some(s) = report.idle_tail_seconds {
+            self.run_idle_tail_seconds.observe(s);
+        }
     }
 
     /// Records one decision.
@@ -57,5 +105,13 @@ mod tests {
         assert!(out.contains("fleetscore_scaler_current_nodes 2"), "{out}");
         assert!(out.contains("fleetscore_scaler_desired_nodes 3"), "{out}");
         assert!(out.contains("fleetscore_scaler_scale_operations_total 0"), "{out}");
+        let report = NodePoolReport { node_minutes: 3.0, idle_tail_seconds: Some(40.0), ..NodePoolReport::default() };
+        m.observe_run(&report);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        assert!(out.contains("fleetscore_scaler_run_node_minutes_count 1"), "{out}");
+        assert!(out.contains("fleetscore_scaler_run_node_minutes_sum 3.0"), "{out}");
+        assert!(out.contains("fleetscore_scaler_run_idle_tail_seconds_count 1"), "{out}");
+        assert!(out.contains("fleetscore_scaler_run_first_pod_seconds_count 0"), "{out}");
     }
 }
