@@ -7,6 +7,7 @@ use std::time::Duration;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
+use crate::jobs::PodDefaults;
 use crate::metrics::RunMetrics;
 
 /// Field manager of everything the run controller writes (server-side apply).
@@ -28,12 +29,8 @@ pub struct RunConfig {
     /// Read the scorer's per-sensor log records from storage (with the operator's own
     /// credentials) to name failed sensors of packed Jobs and write `summary.json`.
     pub read_ledger: bool,
-    /// Scorer image for runs that name none.
-    pub default_image: Option<String>,
-    /// Storage Secret (envFrom) for runs without `credentials`.
-    pub default_secret: Option<String>,
-    /// ServiceAccount of scoring pods whose run sets no workload identity.
-    pub default_service_account: Option<String>,
+    /// Image, credentials, ServiceAccount and placement of scoring pods whose run sets none.
+    pub pod_defaults: PodDefaults,
 }
 
 impl Default for RunConfig {
@@ -44,9 +41,7 @@ impl Default for RunConfig {
             resync: Duration::from_secs(30),
             debounce: Duration::ZERO,
             read_ledger: true,
-            default_image: None,
-            default_secret: None,
-            default_service_account: None,
+            pod_defaults: PodDefaults::default(),
         }
     }
 }

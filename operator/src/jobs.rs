@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EnvFromSource, PodSpec, PodTemplateSpec, SecretEnvSource,
+    Container, EnvFromSource, PodSpec, PodTemplateSpec, SecretEnvSource, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
@@ -245,14 +245,35 @@ pub fn prepare_job(run: &ScoringRun) -> Job {
     build_job(run, prepare_job_name(&run_name), labels, BTreeMap::new(), prepare_args(run))
 }
 
-/// Fills a built Job's open settings from operator-wide defaults: `image` (when the run names
-/// none), a storage `secret` for envFrom (when the run has no credentials), and a ServiceAccount
-/// (when the pod has none).
-pub fn apply_defaults(mut job: Job, image: Option<&str>, secret: Option<&str>, service_account: Option<&str>) -> Job {
+/// Operator-wide settings for what a run leaves open (the operator's flags, from Helm values).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PodDefaults {
+    /// Scorer image for runs that name none.
+    pub image: Option<String>,
+    /// Storage Secret (envFrom) for runs without credentials.
+    pub secret: Option<String>,
+    /// ServiceAccount of scoring pods that have none.
+    pub service_account: Option<String>,
+    /// Node selector of scoring pods whose run sets none (e.g. the scoring pool's label).
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of scoring pods whose run sets none (e.g. the scoring pool's taint).
+    pub tolerations: Vec<Toleration>,
+}
+
+/// Fills a built Job's open settings from operator-wide defaults; what the run sets wins.
+pub fn apply_defaults(mut job: Job, run: &ScoringRun, defaults: &PodDefaults) -> Job {
     let Some(pod) = job.spec.as_mut().and_then(|s| s.template.spec.as_mut()) else { return job };
     if pod.service_account_name.is_none() {
-        pod.service_account_name = service_account.map(str::to_string);
+        pod.service_account_name.clone_from(&defaults.service_account);
     }
+    if pod.node_selector.is_none() && !defaults.node_selector.is_empty() {
+        pod.node_selector = Some(defaults.node_selector.clone());
+    }
+    if pod.tolerations.is_none() && !defaults.tolerations.is_empty() {
+        pod.tolerations = Some(defaults.tolerations.clone());
+    }
+    let image = defaults.image.as_deref().filter(|_| run.spec.scorer.image.is_none());
+    let secret = defaults.secret.as_deref().filter(|_| run.spec.credentials.is_none());
     for c in &mut pod.containers {
         if let Some(image) = image {
             c.image = Some(image.to_string());
@@ -373,6 +394,39 @@ mod tests {
              --run-id nightly --sensor 1:4 --aggregate 5m --features mean,max --threads 2 --progress never"
         );
         assert_eq!(ps.containers[0].command.clone().unwrap(), ["fleetscore-scorer"]);
+    }
+
+    #[test]
+    fn operator_defaults_fill_only_what_the_run_leaves_open() {
+        let toleration = Toleration { key: Some("fleetscore.dev/scoring".into()), effect: Some("NoSchedule".into()), ..Default::default() };
+        let defaults = PodDefaults {
+            image: Some("registry/scorer:1".into()),
+            secret: Some("storage".into()),
+            service_account: Some("scorer".into()),
+            node_selector: BTreeMap::from([("fleetscore.dev/pool".to_string(), "scoring".to_string())]),
+            tolerations: vec![toleration.clone()],
+        };
+        // The test run sets a node selector and an image: those stay.
+        let r = run();
+        let pod = |job: Job| job.spec.unwrap().template.spec.unwrap();
+        let ps = pod(apply_defaults(scoring_job(&r, 0, &[s("1", "4")], "d"), &r, &defaults));
+        assert_eq!(ps.node_selector.unwrap()["pool"], "scoring");
+        assert_eq!(ps.tolerations, Some(vec![toleration.clone()]));
+        assert_eq!(ps.service_account_name.as_deref(), Some("scorer"));
+        assert_ne!(ps.containers[0].image.as_deref(), Some("registry/scorer:1"));
+        // A run that leaves them open gets the operator's.
+        let mut open = run();
+        open.spec.node_selector.clear();
+        open.spec.scorer.image = None;
+        open.spec.credentials = None;
+        let ps = pod(apply_defaults(scoring_job(&open, 0, &[s("1", "4")], "d"), &open, &defaults));
+        assert_eq!(ps.node_selector.unwrap()["fleetscore.dev/pool"], "scoring");
+        assert_eq!(ps.containers[0].image.as_deref(), Some("registry/scorer:1"));
+        let env_from = ps.containers[0].env_from.clone().unwrap();
+        assert_eq!(env_from[0].secret_ref.as_ref().map(|r| r.name.as_str()), Some("storage"));
+        // No defaults: nothing changes.
+        let ps = pod(apply_defaults(scoring_job(&open, 0, &[s("1", "4")], "d"), &open, &PodDefaults::default()));
+        assert_eq!((ps.node_selector, ps.tolerations), (None, None));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `fleetscore`: the operator (`fleetscore operator`) and the embedded local runner
 //! (`fleetscore run --local FILE.yaml`).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,10 +14,12 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use clap::{Parser, Subcommand, ValueEnum};
 use fleetscore_operator::context::{Context, RunConfig};
+use fleetscore_operator::jobs::PodDefaults;
 use fleetscore_operator::local::{self, LocalOptions, Manifest};
 use fleetscore_operator::metrics::RunMetrics;
 use fleetscore_operator::{run_controller, scaler, schedule};
 use indicatif::{ProgressBar, ProgressStyle};
+use k8s_openapi::api::core::v1::Toleration;
 use prometheus_client::registry::Registry;
 
 /// Scores one anomaly-detection model per IoT sensor: a Kubernetes operator, or one machine.
@@ -64,6 +67,13 @@ struct OperatorArgs {
     /// Storage Secret (envFrom) for runs without credentials.
     #[arg(long, env = "FLEETSCORE_SCORER_SECRET")]
     scorer_secret: Option<String>,
+    /// Node selector of scoring pods whose run sets none, as JSON (e.g. the scoring pool's label:
+    /// `{"fleetscore.dev/pool":"scoring"}`).
+    #[arg(long, env = "FLEETSCORE_SCORER_NODE_SELECTOR", value_parser = parse_json::<BTreeMap<String, String>>)]
+    scorer_node_selector: Option<BTreeMap<String, String>>,
+    /// Tolerations of scoring pods whose run sets none, as a JSON list of Kubernetes tolerations.
+    #[arg(long, env = "FLEETSCORE_SCORER_TOLERATIONS", value_parser = parse_json::<Tolerations>)]
+    scorer_tolerations: Option<Tolerations>,
     /// Disable the ScoringSchedule controller.
     #[arg(long)]
     no_schedules: bool,
@@ -135,6 +145,14 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// One JSON list in one flag (an alias, so clap does not take `Vec` for a repeated flag).
+type Tolerations = Vec<Toleration>;
+
+/// Parses a flag given as JSON, with serde's message (it names the line, column and field).
+fn parse_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
+    serde_json::from_str(s).map_err(|e| format!("not valid JSON for this setting: {e}"))
+}
+
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
@@ -176,9 +194,13 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
         finished_job_ttl_seconds: args.finished_job_ttl,
         read_ledger: !args.no_ledger,
-        default_image: args.scorer_image.clone(),
-        default_secret: args.scorer_secret.clone(),
-        default_service_account: args.scorer_service_account.clone(),
+        pod_defaults: PodDefaults {
+            image: args.scorer_image.clone(),
+            secret: args.scorer_secret.clone(),
+            service_account: args.scorer_service_account.clone(),
+            node_selector: args.scorer_node_selector.clone().unwrap_or_default(),
+            tolerations: args.scorer_tolerations.clone().unwrap_or_default(),
+        },
         ..RunConfig::default()
     };
     let scaler_config = args.scaler.config(args.namespace.clone()).context("scaler settings")?;

@@ -363,13 +363,7 @@ impl Reconciler {
 
     /// Fills in the operator-wide defaults (image, Secret, ServiceAccount) a run leaves open.
     fn with_defaults(&self, job: Job, run: &ScoringRun) -> Job {
-        let c = &self.ctx.config;
-        jobs::apply_defaults(
-            job,
-            run.spec.scorer.image.is_none().then_some(c.default_image.as_deref()).flatten(),
-            run.spec.credentials.is_none().then_some(c.default_secret.as_deref()).flatten(),
-            c.default_service_account.as_deref(),
-        )
+        jobs::apply_defaults(job, run, &self.ctx.config.pod_defaults)
     }
 
     /// Periodic re-check; earlier when the run's deadline comes sooner.

@@ -18,6 +18,7 @@ use fleetscore_operator::crd::run::ScoringRun;
 use fleetscore_operator::crd::schedule::ScoringSchedule;
 use fleetscore_testenv::skip::skip_or_fail;
 use fleetscore_testenv::{TestEnv, wait_for};
+use k8s_openapi::api::batch::v1::Job;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use serde::Deserialize;
@@ -534,6 +535,16 @@ async fn install_score_uninstall(scope: Scope) {
                 .args(["--namespace", &ns, "--set", "scorer.storageSecret=fleetscore-storage"]);
             if scope == Scope::Namespaced {
                 install.args(["--set", &format!("operator.watchNamespace={ns}")]);
+                // Placement defaults for runs that set none; the kwok nodes carry `type: kwok`.
+                // Finished Jobs stay a while so their pods' placement can be checked.
+                install.args([
+                    "--set-json",
+                    r#"scorer.nodeSelector={"type":"kwok"}"#,
+                    "--set-json",
+                    r#"scorer.tolerations=[{"key":"fleetscore.dev/scoring","operator":"Exists","effect":"NoSchedule"}]"#,
+                    "--set",
+                    "operator.finishedJobTtlSeconds=600",
+                ]);
             }
             run(&mut install, None, "helm install");
             let manifest = text(&run(
@@ -600,6 +611,18 @@ async fn install_score_uninstall(scope: Scope) {
                 .await
                 .unwrap_or_else(|e| panic!("{e}\n--- operator log\n{}", operator_log()));
             assert_succeeded(done, &operator_log());
+            if scope == Scope::Namespaced {
+                let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+                let list = jobs.list(&ListParams::default().labels("fleetscore.dev/run=rbac-check")).await.unwrap().items;
+                assert!(!list.is_empty(), "the run's Jobs are kept for 600 s");
+                for job in list {
+                    let pod = job.spec.unwrap().template.spec.unwrap();
+                    assert_eq!(pod.node_selector, Some(BTreeMap::from([("type".to_string(), "kwok".to_string())])));
+                    let tolerations = pod.tolerations.unwrap_or_default();
+                    assert_eq!(tolerations.len(), 1, "{tolerations:?}");
+                    assert_eq!(tolerations[0].key.as_deref(), Some("fleetscore.dev/scoring"));
+                }
+            }
 
             if scope == Scope::ClusterWideWithSchedule {
                 // The schedule controller creates a run at the next minute, as the same identity.

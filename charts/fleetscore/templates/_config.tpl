@@ -45,6 +45,14 @@ How values reach the operator: its command line and environment. Keep in line wi
 - name: FLEETSCORE_SCORER_SECRET
   value: {{ . | quote }}
 {{- end }}
+{{- with .Values.scorer.nodeSelector }}
+- name: FLEETSCORE_SCORER_NODE_SELECTOR
+  value: {{ toJson . | quote }}
+{{- end }}
+{{- with .Values.scorer.tolerations }}
+- name: FLEETSCORE_SCORER_TOLERATIONS
+  value: {{ toJson . | quote }}
+{{- end }}
 - name: FLEETSCORE_SCALER_MODE
   value: {{ .Values.scaler.mode | quote }}
 - name: FLEETSCORE_SCALER_POOL
