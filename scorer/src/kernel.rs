@@ -193,7 +193,7 @@ const LANES: usize = 16;
 const WIDE_LANES: usize = 32;
 
 // A block splits into whole lane groups.
-const _: () = assert!(BLOCK % LANES == 0 && BLOCK % WIDE_LANES == 0);
+const _: () = assert!(BLOCK.is_multiple_of(LANES) && BLOCK.is_multiple_of(WIDE_LANES));
 
 /// RBF for a feature count known at compile time: the distance loop unrolls and the lanes
 /// vectorise, exponential included.

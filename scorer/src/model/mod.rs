@@ -32,6 +32,14 @@ pub enum ModelError {
     /// The bytes match no known model format.
     #[error("unrecognised model format: {0}")]
     UnknownFormat(String),
+    /// A compressed joblib file could not be decompressed.
+    #[error("decompressing the {kind}-compressed joblib file: {reason}")]
+    Decompress {
+        /// `zlib` or `gzip`.
+        kind: &'static str,
+        /// What went wrong (corrupt stream, too big).
+        reason: String,
+    },
     /// A field of the model is inconsistent or not finite.
     #[error("invalid model: field `{field}`: {reason}")]
     Invalid {
@@ -137,6 +145,9 @@ pub enum SourceFormat {
     Joblib {
         /// Pickle protocol of the joblib stream.
         protocol: Option<u8>,
+        /// `zlib` or `gzip` when the file was written with `compress=`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        compression: Option<String>,
     },
     /// fleetscore's native JSON format.
     Native {
@@ -152,8 +163,16 @@ impl std::fmt::Display for SourceFormat {
         match self {
             SourceFormat::SklearnPickle { protocol: Some(p) } => write!(f, "sklearn-pickle protocol {p}"),
             SourceFormat::SklearnPickle { protocol: None } => write!(f, "sklearn-pickle protocol 0-1"),
-            SourceFormat::Joblib { protocol: Some(p) } => write!(f, "joblib (pickle protocol {p})"),
-            SourceFormat::Joblib { protocol: None } => write!(f, "joblib"),
+            SourceFormat::Joblib { protocol, compression } => {
+                write!(f, "joblib")?;
+                if let Some(c) = compression {
+                    write!(f, " {c}")?;
+                }
+                if let Some(p) = protocol {
+                    write!(f, " (pickle protocol {p})")?;
+                }
+                Ok(())
+            }
             SourceFormat::Native { version } => write!(f, "native v{version}"),
             SourceFormat::InMemory => write!(f, "in-memory"),
         }
@@ -274,15 +293,22 @@ impl Model {
         match first {
             None => Err(ModelError::UnknownFormat("the model file is empty".into())),
             Some(b'{') => native::from_json(bytes),
-            Some(_) => {
-                if let Some(kind) = compressed_kind(bytes) {
-                    return Err(ModelError::UnknownFormat(format!(
-                        "{kind}-compressed joblib files are not supported; save with joblib.dump(..., compress=0) or pickle.dump"
-                    )));
+            Some(_) => match compressed_kind(bytes) {
+                None => sklearn::model_from_pickle(&pickle::parse(bytes)?),
+                Some(kind @ ("zlib" | "gzip")) => {
+                    // joblib compresses the whole file: inside is an uncompressed joblib stream.
+                    let plain = decompress(kind, bytes, MAX_DECOMPRESSED)?;
+                    let mut model = sklearn::model_from_pickle(&pickle::parse(&plain)?)?;
+                    if let Some(SourceFormat::Joblib { compression, .. }) = &mut model.meta.source {
+                        *compression = Some(kind.to_string());
+                    }
+                    Ok(model)
                 }
-                let parsed = pickle::parse(bytes)?;
-                sklearn::model_from_pickle(&parsed)
-            }
+                Some(kind) => Err(ModelError::UnknownFormat(format!(
+                    "{kind}-compressed joblib files are not supported (zlib and gzip are); save with \
+                     joblib.dump(..., compress=3) or pickle.dump"
+                ))),
+            },
         }
     }
 
@@ -374,6 +400,28 @@ impl Model {
     }
 }
 
+/// Largest decompressed model read: far above any one-class SVM, below a scoring pod's memory.
+const MAX_DECOMPRESSED: u64 = 256 << 20;
+
+/// Inflates a zlib or gzip joblib file, refusing streams that grow past `limit` bytes.
+fn decompress(kind: &'static str, bytes: &[u8], limit: u64) -> Result<Vec<u8>, ModelError> {
+    use std::io::Read;
+    let reader: Box<dyn Read + '_> = match kind {
+        "gzip" => Box::new(flate2::read::MultiGzDecoder::new(bytes)),
+        _ => Box::new(flate2::read::ZlibDecoder::new(bytes)),
+    };
+    let mut out = Vec::new();
+    reader
+        .take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| ModelError::Decompress { kind, reason: e.to_string() })?;
+    if out.len() as u64 > limit {
+        let reason = format!("it inflates to more than {} MiB", limit >> 20);
+        return Err(ModelError::Decompress { kind, reason });
+    }
+    Ok(out)
+}
+
 /// Names the compression of a compressed joblib file, from its magic bytes.
 fn compressed_kind(bytes: &[u8]) -> Option<&'static str> {
     const MAGICS: [(&[u8], &str); 5] = [
@@ -460,8 +508,21 @@ mod tests {
     }
 
     #[test]
-    fn compressed_joblib_files_get_a_clear_error() {
+    fn corrupt_or_unsupported_compressed_files_get_a_clear_error() {
         let err = Model::from_bytes(b"\x78\x9c\x00\x00").unwrap_err();
-        assert!(err.to_string().contains("zlib"), "{err}");
+        assert!(err.to_string().contains("decompressing the zlib-compressed joblib file"), "{err}");
+        let err = Model::from_bytes(b"\xfd7zXZ\x00\x00").unwrap_err();
+        assert!(err.to_string().contains("xz-compressed joblib files are not supported"), "{err}");
+    }
+
+    #[test]
+    fn a_compression_bomb_is_refused() {
+        use std::io::Write;
+        let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&vec![0u8; (2 << 20) + 1]).unwrap();
+        let bomb = enc.finish().unwrap();
+        let err = decompress("zlib", &bomb, 2 << 20).unwrap_err();
+        assert!(err.to_string().contains("inflates to more than 2 MiB"), "{err}");
+        assert_eq!(decompress("zlib", &bomb, 3 << 20).map(|v| v.len()).ok(), Some((2 << 20) + 1));
     }
 }

@@ -69,7 +69,7 @@ pub fn model_from_pickle(p: &Pickle) -> Result<Model, ModelError> {
         _ => return Err(SklearnError::UnsupportedClass { found: p.describe(p.root) }.into()),
     };
     let source = if p.joblib {
-        SourceFormat::Joblib { protocol: p.protocol }
+        SourceFormat::Joblib { protocol: p.protocol, compression: None }
     } else {
         SourceFormat::SklearnPickle { protocol: p.protocol }
     };

@@ -4,7 +4,7 @@ parity test (scorer/tests/parity.rs).
 
 usage: make_fixtures.py OUTDIR
 
-For each case: the model pickled with protocols 2-5, joblib.dump, and (via old_pickle.py) the
+For each case: the model pickled with protocols 2-5, joblib.dump (plain, zlib and gzip), and (via old_pickle.py) the
 scikit-learn 0.19 layout with protocols 2 and 3; rows `<case>.rows.f64` (little-endian f64,
 row-major), sklearn's `decision_function` in `<case>.dec.f64` and `predict` in `<case>.pred.i8`
 (1 = anomaly). OUTDIR/manifest.json lists everything, plus error cases that must be rejected.
@@ -99,6 +99,11 @@ def main(out):
         f = name + ".joblib"
         joblib.dump(model, os.path.join(out, f))
         files.append({"file": f, "source": "joblib"})
+        # joblib.dump(compress=3) is zlib; ("gzip", 3) is gzip.
+        for kind, compress in (("zlib", 3), ("gzip", ("gzip", 3))):
+            f = f"{name}.{kind}.joblib"
+            joblib.dump(model, os.path.join(out, f), compress=compress)
+            files.append({"file": f, "source": f"joblib {kind}"})
         for proto in (2, 3):
             f = f"{name}.old019.p{proto}.pkl"
             with open(os.path.join(out, f), "wb") as fh:
