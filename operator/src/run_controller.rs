@@ -361,7 +361,7 @@ impl Reconciler {
         Ok(Action::requeue(self.next_check(run, &status)))
     }
 
-    /// Fills in the operator-wide defaults (image, Secret, ServiceAccount) a run leaves open.
+    /// Fills in the operator-wide defaults (image, Secret, ServiceAccount, placement) a run leaves open.
     fn with_defaults(&self, job: Job, run: &ScoringRun) -> Job {
         jobs::apply_defaults(job, run, &self.ctx.config.pod_defaults)
     }

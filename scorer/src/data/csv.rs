@@ -275,7 +275,7 @@ fn parse_chunk<'b>(
         } else {
             let slot = match (std::str::from_utf8(device), std::str::from_utf8(tag)) {
                 (Ok(d), Ok(t)) => {
-                    let id = SensorId::new(d, t);
+                    let id = SensorId::new(unescape_quotes(d), unescape_quotes(t));
                     if opts.select.is_none_or(|s| s.contains(&id)) {
                         out.series.push(((device, tag), Series::default()));
                         out.series_problem.push(None);
@@ -344,14 +344,33 @@ fn note_series(out: &mut ChunkOut<'_>, slot: usize, p: RowProblem) {
     }
 }
 
-/// Splits one line into fields, honouring simple double quotes (the quotes are left out).
+/// A quoted field's text with each doubled quote made single (`a""b` is `a"b`).
+pub(super) fn unescape_quotes(field: &str) -> std::borrow::Cow<'_, str> {
+    if field.contains("\"\"") { field.replace("\"\"", "\"").into() } else { field.into() }
+}
+
+/// A Device or Tag field as text (invalid UTF-8 replaced, doubled quotes made single).
+pub(super) fn field_text(bytes: &[u8]) -> String {
+    unescape_quotes(&String::from_utf8_lossy(bytes)).into_owned()
+}
+
+/// Splits one line into fields, honouring double quotes (the enclosing quotes are left out;
+/// doubled quotes inside stay doubled, see [`unescape_quotes`]).
 pub(super) fn split_quoted(data: &[u8], ls: usize, le: usize, fields: &mut Vec<(usize, usize)>) {
     let mut i = ls;
     loop {
         if i < le && data[i] == b'"' {
             let s = i + 1;
             let mut j = s;
-            while j < le && data[j] != b'"' {
+            // A doubled quote inside a quoted field is an escaped quote (RFC 4180), not its end.
+            while j < le {
+                if data[j] == b'"' {
+                    if j + 1 < le && data[j + 1] == b'"' {
+                        j += 2;
+                        continue;
+                    }
+                    break;
+                }
                 j += 1;
             }
             fields.push((s, j));
@@ -445,7 +464,7 @@ fn merge(file: &str, buf: &Bytes, outs: Vec<ChunkOut<'_>>) -> Parsed {
         for ((key, series), problem) in out.series.into_iter().zip(out.series_problem) {
             let id = names
                 .entry(key)
-                .or_insert_with(|| SensorId::new(String::from_utf8_lossy(key.0), String::from_utf8_lossy(key.1)))
+                .or_insert_with(|| SensorId::new(field_text(key.0), field_text(key.1)))
                 .clone();
             let group = groups.entry(id).or_default();
             group.0.push(series);
@@ -562,6 +581,14 @@ mod tests {
         let s = &p.sensors[&SensorId::new("1", "4")];
         assert_eq!(s.values, vec![2.5, 3.5]);
         assert_eq!(s.ts_text(0), "2018-08-28 23:00:05");
+    }
+
+    #[test]
+    fn doubled_quotes_inside_a_quoted_field_are_one_quote_and_keep_commas_inside() {
+        let csv = "TS,Device,Tag,Value\n2018-08-28 23:00:05,\"pump \"\"A\"\", north\",4,1.5\n2018-08-28 23:00:06,\"pump \"\"A\"\", north\",4,2.5\n";
+        let p = parse_str(csv, true).unwrap();
+        let s = &p.sensors[&SensorId::new("pump \"A\", north", "4")];
+        assert_eq!(s.values, vec![1.5, 2.5]);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use rayon::prelude::*;
 
 use super::DataError;
-use super::csv::{read_header, split_chunks, split_quoted};
+use super::csv::{field_text, read_header, split_chunks, split_quoted};
 use crate::output::{decode_path_segment, path_segment};
 use crate::sensor::SensorId;
 
@@ -108,7 +108,7 @@ pub fn partition(file: &str, buf: &[u8]) -> Result<Partitioned, DataError> {
     for (groups, bad) in outs {
         result.bad_rows += bad;
         for ((d, t), lines) in groups {
-            let id = SensorId::new(String::from_utf8_lossy(d), String::from_utf8_lossy(t));
+            let id = SensorId::new(field_text(d), field_text(t));
             merged.entry(id).or_default().extend(lines);
         }
     }
