@@ -325,6 +325,11 @@ where
     (reader, task)
 }
 
+/// `namespace/name`: how the scaler keys runs and schedules (and [`RunDemand::run`]).
+fn object_key<K: ResourceExt>(o: &K) -> String {
+    format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any())
+}
+
 /// Demand per run, from the runs' status (queued Jobs) and the live Jobs (active ones). Jobs
 /// whose run object is missing still count, so hand-made Jobs with the run label get nodes.
 pub fn demand(runs: &[Arc<ScoringRun>], jobs: &[Arc<Job>]) -> Vec<RunDemand> {
@@ -336,7 +341,7 @@ pub fn demand(runs: &[Arc<ScoringRun>], jobs: &[Arc<Job>]) -> Vec<RunDemand> {
     }
     let mut out = Vec::new();
     for r in runs {
-        let key = format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any());
+        let key = object_key(&**r);
         let act = active.remove(&key).unwrap_or(0);
         let Some(st) = r.status.as_ref() else {
             out.push(RunDemand { run: key, queued: 0, active: act });
@@ -384,7 +389,7 @@ pub fn upcoming(schedules: &[Arc<ScoringSchedule>], now: DateTime<Utc>) -> Vec<U
             let cron = CronSchedule::parse(&s.spec.schedule, Some(&s.spec.time_zone)).ok()?;
             let at = cron.next_after(now).ok()?;
             Some(UpcomingRun {
-                schedule: format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()),
+                schedule: object_key(&**s),
                 at,
                 jobs: expected_jobs(&s.spec.run_template.spec),
             })
@@ -597,9 +602,8 @@ async fn announce(
     reason: &str,
     note: String,
 ) {
-    let key = |r: &ScoringRun| format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any());
     let busy: Vec<&Arc<ScoringRun>> =
-        runs.iter().filter(|r| demand.iter().any(|d| d.queued + d.active > 0 && d.run == key(r))).collect();
+        runs.iter().filter(|&r| demand.iter().any(|d| d.needs_nodes() && d.run == object_key(&**r))).collect();
     let targets = if busy.is_empty() {
         runs.iter()
             .filter_map(|r| Some((r.status.as_ref()?.completion_time.as_ref()?.0, r)))
@@ -613,7 +617,7 @@ async fn announce(
     for r in targets {
         let ev = Event { type_, reason: reason.into(), note: Some(note.clone()), action: "Scale".into(), secondary: None };
         if let Err(e) = recorder.publish(&ev, &r.object_ref(&())).await {
-            tracing::warn!(run = %key(r), error = %e, "publishing a scaler event failed");
+            tracing::warn!(run = %object_key(&**r), error = %e, "publishing a scaler event failed");
         }
     }
 }
@@ -633,7 +637,7 @@ async fn update_reports(
     now: DateTime<Utc>,
 ) {
     let pod_list = pods.state();
-    let busy: Vec<&str> = demand.iter().filter(|d| d.queued + d.active > 0).map(|d| d.run.as_str()).collect();
+    let busy: Vec<&str> = demand.iter().filter(|d| d.needs_nodes()).map(|d| d.run.as_str()).collect();
     let mut seen = Vec::new();
     for r in runs {
         let ns = r.namespace().unwrap_or_default();

@@ -97,6 +97,13 @@ pub struct RunDemand {
     pub active: u32,
 }
 
+impl RunDemand {
+    /// True while the run has Jobs queued or active.
+    pub fn needs_nodes(&self) -> bool {
+        self.queued > 0 || self.active > 0
+    }
+}
+
 /// A schedule's next slot and the size of the run it will create.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpcomingRun {
