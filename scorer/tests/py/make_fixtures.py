@@ -19,6 +19,7 @@ import joblib
 import numpy as np
 import sklearn
 from sklearn.ensemble import IsolationForest
+from sklearn.metrics.pairwise import pairwise_kernels
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from sklearn.svm import OneClassSVM
@@ -69,6 +70,18 @@ CASES = [
 ]
 
 
+def term_scale(model, rows):
+    """Per row, the sum of |dual_coef_i * K(sv_i, x)| + |intercept|: the size of the terms whose
+    sum is the decision. A linear or poly decision near 0 is a sum that cancels, and sklearn's own
+    value then moves by ~1e-16 of this scale with the BLAS kernel libsvm's dot products use
+    (OpenBLAS picks one per CPU), so the tolerance must scale with it, not with the result."""
+    svm = model.steps[-1][1] if hasattr(model, "steps") else model
+    x = model[:-1].transform(rows) if hasattr(model, "steps") else rows
+    k = pairwise_kernels(x, svm.support_vectors_, metric=svm.kernel, gamma=svm._gamma,
+                         degree=svm.degree, coef0=svm.coef0, filter_params=True)
+    return np.abs(k) @ np.abs(svm.dual_coef_[0]) + abs(float(svm._intercept_[0]))
+
+
 def write_f64(path, a):
     np.ascontiguousarray(a, dtype="<f8").tofile(path)
 
@@ -90,6 +103,7 @@ def main(out):
         write_f64(os.path.join(out, name + ".rows.f64"), rows)
         write_f64(os.path.join(out, name + ".dec.f64"), dec)
         pred.tofile(os.path.join(out, name + ".pred.i8"))
+        write_f64(os.path.join(out, name + ".scale.f64"), term_scale(model, rows))
         files = []
         for proto in (2, 3, 4, 5):
             f = f"{name}.p{proto}.pkl"
@@ -124,6 +138,7 @@ def main(out):
     write_f64(os.path.join(out, "fortran.rows.f64"), rows)
     write_f64(os.path.join(out, "fortran.dec.f64"), model.decision_function(rows))
     (model.predict(rows) == -1).astype(np.int8).tofile(os.path.join(out, "fortran.pred.i8"))
+    write_f64(os.path.join(out, "fortran.scale.f64"), term_scale(model, rows))
     # Same numbers, Fortran layout (sklearn itself needs C order to score, so only for pickling).
     svm.support_vectors_ = np.asfortranarray(svm.support_vectors_)
     files = []
