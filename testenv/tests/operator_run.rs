@@ -782,3 +782,182 @@ async fn the_operator_binary_completes_a_run_and_serves_health_and_metrics() {
     })
     .await;
 }
+
+/// The run's condition `type_`, if set.
+fn condition(
+    run: &ScoringRun,
+    type_: &str,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    run.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .cloned()
+}
+
+#[tokio::test]
+async fn a_spec_edit_that_would_reshuffle_the_work_is_refused_and_a_parallelism_edit_is_not() {
+    let Some(env) = TestEnv::for_test().await else {
+        return;
+    };
+    install_crds(&env.client).await;
+    env.with_temp_ns(|client, ns| async move {
+        let op = Operator::start(&client, &ns);
+        let runs: Api<ScoringRun> = Api::namespaced(client.clone(), &ns);
+        runs.create(&PostParams::default(), &run("edited", simulated_spec(5, 2, "3s")))
+            .await
+            .unwrap();
+        // Hole 1 of issue 10: adding a sensor mid-run remapped batches to other sensors.
+        let add = json!({ "spec": { "sensors": { "list": [
+            { "device": "1", "tag": "1" }, { "device": "1", "tag": "2" }, { "device": "1", "tag": "3" },
+            { "device": "1", "tag": "4" }, { "device": "1", "tag": "5" }, { "device": "1", "tag": "6" } ] } } });
+        let err = runs
+            .patch("edited", &PatchParams::default(), &Patch::Merge(&add))
+            .await
+            .expect_err("the API server refuses a new sensor list");
+        assert!(err.to_string().contains("spec.sensors is immutable"), "{err}");
+        for (field, value) in [("storage", json!({ "models": "/x", "data": "/y", "output": "/z" })), ("sensorsPerJob", json!(2))] {
+            let err = runs
+                .patch("edited", &PatchParams::default(), &Patch::Merge(&json!({ "spec": { field: value } })))
+                .await
+                .expect_err(field);
+            assert!(err.to_string().contains(&format!("spec.{field} is immutable")), "{field}: {err}");
+        }
+        runs.patch("edited", &PatchParams::default(), &Patch::Merge(&json!({ "spec": { "parallelism": 5 } })))
+            .await
+            .expect("parallelism may change mid-run");
+        let st = finished(&runs, "edited").await.status.unwrap();
+        assert_eq!((st.total, st.succeeded, st.failed), (5, 5, 0));
+        op.kill().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn jobs_the_api_server_refuses_fail_the_run_with_its_message_and_kubectl_wait_ready_returns()
+{
+    let Some(env) = TestEnv::for_test().await else {
+        return;
+    };
+    install_crds(&env.client).await;
+    let env = Arc::new(env);
+    let e2 = env.clone();
+    env.with_temp_ns(|client, ns| async move {
+        let op = Operator::start(&client, &ns);
+        let runs: Api<ScoringRun> = Api::namespaced(client.clone(), &ns);
+        // Hole 2: a 422 on Job create (a device that is no label value) was only logged, and
+        // the run stayed Running for ever.
+        let mut spec = simulated_spec(1, 2, "1s");
+        spec["sensors"] = json!({ "devices": ["a/b"], "tags": ["4", "5"] });
+        runs.create(&PostParams::default(), &run("refused", spec))
+            .await
+            .unwrap();
+        // Hole 9: `kubectl wait --for=condition=Ready` is what the README promises.
+        // kubectl blocks: off the test's runtime thread, so the in-process operator keeps running.
+        let (e3, ns3) = (e2.clone(), ns.clone());
+        let (ok, out) = tokio::task::spawn_blocking(move || {
+            kubectl(
+                &e3,
+                &[
+                    "wait",
+                    "-n",
+                    &ns3,
+                    "--for=condition=Ready",
+                    "scoringrun/refused",
+                    "--timeout=60s",
+                ],
+                None,
+            )
+        })
+        .await
+        .unwrap();
+        let done = runs.get("refused").await.unwrap();
+        assert!(ok, "kubectl wait: {out}; status {:?}", done.status);
+        let st = done.status.clone().unwrap();
+        assert_eq!(st.phase, Some(Phase::Failed), "{:?}", st.message);
+        assert_eq!((st.total, st.failed, st.active, st.queued), (2, 2, 0, 0));
+        assert!(
+            st.failed_sensors.iter().all(|f| f.reason == "JobRejected"),
+            "{:?}",
+            st.failed_sensors
+        );
+        assert!(
+            st.message.as_deref().unwrap_or_default().contains("a/b"),
+            "{:?}",
+            st.message
+        );
+        assert_eq!(
+            condition(&done, "Ready").map(|c| c.reason),
+            Some("Failed".to_string())
+        );
+        let note =
+            fleetscore_testenv::eventually("a JobRejected event is published", TIMEOUT, || {
+                let (client, ns) = (client.clone(), ns.clone());
+                async move {
+                    fleetscore_testenv::events::event_notes(&client, &ns, "JobRejected", "refused")
+                        .await
+                        .into_iter()
+                        .next()
+                }
+            })
+            .await;
+        assert!(note.contains("refused"), "{note}");
+        op.kill().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_run_applied_again_after_an_orphaning_delete_never_takes_the_old_jobs_results() {
+    let Some(env) = TestEnv::for_test().await else {
+        return;
+    };
+    install_crds(&env.client).await;
+    env.with_temp_ns(|client, ns| async move {
+        let op = Operator::start(&client, &ns);
+        let runs: Api<ScoringRun> = Api::namespaced(client.clone(), &ns);
+        let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+        let mut spec = simulated_spec(2, 2, "1s");
+        spec["finishedJobTtlSeconds"] = json!(3600);
+        runs.create(&PostParams::default(), &run("again", spec.clone()))
+            .await
+            .unwrap();
+        let first = finished(&runs, "again").await;
+        assert_eq!(first.status.unwrap().succeeded, 2);
+        let old_jobs = jobs.list(&Default::default()).await.unwrap().items.len();
+        assert_eq!(old_jobs, 2);
+        // Hole 3: `kubectl delete sr again --cascade=orphan && kubectl apply` "finished" the new
+        // run at once with the old Jobs' results.
+        let dp = kube::api::DeleteParams {
+            propagation_policy: Some(kube::api::PropagationPolicy::Orphan),
+            ..Default::default()
+        };
+        runs.delete("again", &dp).await.unwrap();
+        fleetscore_testenv::wait_deleted(&runs, "again", None, TIMEOUT)
+            .await
+            .unwrap();
+        spec["podLabels"] = json!({ "kwok.fleetscore.dev/fail": "true" });
+        runs.create(&PostParams::default(), &run("again", spec))
+            .await
+            .unwrap();
+        let second = finished(&runs, "again").await;
+        let st = second.status.clone().unwrap();
+        assert_eq!(
+            (st.succeeded, st.failed),
+            (0, 2),
+            "the new run's own (failing) Jobs decide: {:?}",
+            st.message
+        );
+        let owned = condition(&second, "ChildrenOwned").expect("the foreign Jobs are reported");
+        assert_eq!(owned.status, "False");
+        assert!(owned.message.contains("ignored"), "{}", owned.message);
+        assert_eq!(
+            jobs.list(&Default::default()).await.unwrap().items.len(),
+            4,
+            "the orphans were left alone"
+        );
+        op.kill().await;
+    })
+    .await;
+}
