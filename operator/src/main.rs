@@ -83,6 +83,26 @@ struct OperatorArgs {
     /// Disable the ScoringSchedule controller.
     #[arg(long)]
     no_schedules: bool,
+    /// Act only while holding the Lease `--lease-name` (replicas > 1): a standby waits and takes
+    /// over within the lease duration once the leader is gone.
+    #[arg(long, env = "FLEETSCORE_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "FLEETSCORE_LEASE_NAME",
+        default_value = "fleetscore-operator"
+    )]
+    lease_name: String,
+    /// Namespace of the Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Seconds a leader's Lease lasts without renewal: a standby takes over within this.
+    #[arg(long, default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// Seconds before expiry at which the leader renews.
+    #[arg(long, default_value_t = 5)]
+    lease_grace_seconds: u64,
     #[command(flatten)]
     scaler: scaler::ScalerArgs,
 }
@@ -178,6 +198,8 @@ fn init_logs(format: LogFormat) {
 struct HttpState {
     registry: Arc<Registry>,
     ready: Arc<std::sync::atomic::AtomicBool>,
+    /// A standby replica (waiting for the Lease) is healthy and ready in its role.
+    standby: Arc<std::sync::atomic::AtomicBool>,
 }
 
 async fn metrics_handler(State(state): State<HttpState>) -> (StatusCode, String) {
@@ -191,6 +213,8 @@ async fn metrics_handler(State(state): State<HttpState>) -> (StatusCode, String)
 async fn ready_handler(State(state): State<HttpState>) -> (StatusCode, &'static str) {
     if state.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ok")
+    } else if state.standby.load(Ordering::SeqCst) {
+        (StatusCode::OK, "standby")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting")
     }
@@ -226,9 +250,11 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         .context("scaler settings")?;
     let ctx = Arc::new(Context::new(client.clone(), metrics, config));
 
+    let standby = Arc::new(std::sync::atomic::AtomicBool::new(args.leader_elect));
     let state = HttpState {
         registry: Arc::new(registry),
         ready: ctx.ready.clone(),
+        standby: standby.clone(),
     };
     let app = axum::Router::new()
         .route("/metrics", get(metrics_handler))
@@ -241,7 +267,13 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
     tracing::info!(addr = %args.metrics_addr, namespace = ?args.namespace, "fleetscore operator starting");
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let scaler_task = tokio::spawn(scaler::controller::run(
+    let leadership = if args.leader_elect {
+        Some(lead(&client, &args).await?)
+    } else {
+        None
+    };
+    standby.store(false, Ordering::SeqCst);
+    let mut scaler_task = tokio::spawn(scaler::controller::run(
         client.clone(),
         scaler_config,
         scaler_metrics,
@@ -259,14 +291,87 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
             },
         ))
     });
-    // The run controller stops on SIGTERM/ctrl-c; then everything else goes with the process.
-    run_controller::run(ctx).await;
+    // The run controller stops on SIGTERM/ctrl-c; then everything else goes with the process. A
+    // scaler that stops, or a lost Lease, ends the process with an error: the pod restarts, and
+    // with leader election only one replica ever acts.
+    let (lost, lease_task) = match leadership {
+        Some((rx, task)) => (Some(rx), Some(task)),
+        None => (None, None),
+    };
+    let outcome = tokio::select! {
+        () = run_controller::run(ctx) => Ok(()),
+        res = &mut scaler_task => Err(match res {
+            Ok(Ok(())) => anyhow::anyhow!("the node-pool scaler stopped"),
+            Ok(Err(e)) => anyhow::Error::new(e).context("the node-pool scaler stopped"),
+            Err(e) => anyhow::anyhow!("the node-pool scaler task ended: {e}"),
+        }),
+        () = leadership_lost(lost) => Err(anyhow::anyhow!("lost the leader Lease {}/{}", args.lease_namespace, args.lease_name)),
+    };
     if let Some(s) = schedules {
-        let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+        if outcome.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+        } else {
+            s.abort();
+        }
     }
     scaler_task.abort();
     server.abort();
-    Ok(())
+    // Dropping the channel ends the lease task, which releases the Lease for the standby.
+    if let Some(task) = lease_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    outcome
+}
+
+/// The Lease's state channel and its task, once this replica holds the Lease.
+type Leadership = (
+    tokio::sync::watch::Receiver<bool>,
+    tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
+);
+
+/// Waits until this replica holds the leader Lease (a standby waits here, healthy).
+async fn lead(client: &kube::Client, args: &OperatorArgs) -> anyhow::Result<Leadership> {
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "fleetscore".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let params = kube_lease_manager::LeaseParams::new(
+        identity.clone(),
+        args.lease_duration_seconds,
+        args.lease_grace_seconds,
+    );
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(&args.lease_namespace)
+        .with_parameters(params)
+        .build()
+        .await
+        .with_context(|| {
+            format!(
+                "leader election on Lease {}/{}",
+                args.lease_namespace, args.lease_name
+            )
+        })?;
+    let (mut rx, task) = manager.watch().await;
+    tracing::info!(identity = %identity, lease = %args.lease_name, "waiting for the leader Lease");
+    while !*rx.borrow_and_update() {
+        rx.changed()
+            .await
+            .context("the leader-election task stopped")?;
+    }
+    tracing::info!(identity = %identity, lease = %args.lease_name, "holding the leader Lease: starting the controllers");
+    Ok((rx, task))
+}
+
+/// Resolves when the Lease is lost (never without leader election).
+async fn leadership_lost(rx: Option<tokio::sync::watch::Receiver<bool>>) {
+    let Some(mut rx) = rx else {
+        return std::future::pending().await;
+    };
+    loop {
+        if rx.changed().await.is_err() || !*rx.borrow_and_update() {
+            return;
+        }
+    }
 }
 
 /// Scores one run locally with a progress bar and prints its summary; false when a sensor failed.

@@ -76,6 +76,9 @@ pub struct FleetSummary {
     pub succeeded: usize,
     /// Sensors that failed.
     pub failed: usize,
+    /// Failed sensors that had no model (a retry cannot help them).
+    #[serde(default)]
+    pub failed_without_model: usize,
     /// Rows scored.
     pub rows: usize,
     /// Rows predicted anomalous.
@@ -306,6 +309,9 @@ async fn run_sensors(
             None => summary.succeeded += 1,
             Some(e) => {
                 summary.failed += 1;
+                if r.model.is_none() {
+                    summary.failed_without_model += 1;
+                }
                 summary.failures.push((r.sensor.clone(), e.clone()));
             }
         }

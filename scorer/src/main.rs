@@ -366,7 +366,22 @@ async fn score(a: ScoreArgs) -> Result<ExitCode, Failure> {
         wall_ms = summary.wall_ms,
         "run finished"
     );
-    Ok(if summary.all_succeeded() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(exit_code(&summary))
+}
+
+/// Exit code of a scoring pass whose failures retries cannot fix (the operator's Jobs match it in
+/// their podFailurePolicy and fail at once instead of retrying).
+const EXIT_PERMANENT: u8 = 3;
+
+/// 0 when every sensor succeeded; [`EXIT_PERMANENT`] when every failed sensor has no model; else 1.
+fn exit_code(summary: &fleetscore_scorer::fleet::FleetSummary) -> ExitCode {
+    if summary.all_succeeded() {
+        ExitCode::SUCCESS
+    } else if summary.failed > 0 && summary.failed == summary.failed_without_model {
+        ExitCode::from(EXIT_PERMANENT)
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 async fn partition_cmd(a: PartitionArgs) -> Result<ExitCode, Failure> {

@@ -125,6 +125,18 @@ impl Location {
         Ok(paths)
     }
 
+    /// Deletes every object under this prefix; returns how many there were.
+    pub async fn delete_all(&self) -> Result<usize, StorageError> {
+        let paths = self.list().await?;
+        for p in &paths {
+            match self.store.delete(p).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(source) => return Err(self.err("delete", source)),
+            }
+        }
+        Ok(paths.len())
+    }
+
     /// The object's path relative to this prefix (`a/b.csv`), or None when it is not below it.
     pub fn relative(&self, object: &Path) -> Option<String> {
         let parts: Vec<_> = object.prefix_match(&self.path)?.map(|p| p.as_ref().to_string()).collect();

@@ -78,14 +78,15 @@ fn a_rerun_overwrites_its_outputs_instead_of_adding_new_ones() {
 }
 
 #[test]
-fn a_failing_sensor_never_hides_the_others_and_the_exit_code_is_one() {
+fn a_failing_sensor_never_hides_the_others_and_a_missing_model_exits_three() {
     let dir = fleet();
     let d = dir.path();
     let o = run(
         &["score", "--models", "models", "--data", "data.csv", "--output", "out", "--run-id", "r", "--sensor", "1:1", "--sensor", "7:7"],
         d,
     );
-    assert_eq!(code(&o), 1, "{}", text(&o));
+    // 3: every failure is one a retry cannot fix (the operator's podFailurePolicy fails the Job at once).
+    assert_eq!(code(&o), 3, "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("no model model_7_7"), "{}", text(&o));
     assert!(d.join("out/r/preds/preds_1_1.csv").exists());
     let log: serde_json::Value = serde_json::from_str(&read(d, "out/r/logs/7_7.json")).unwrap();

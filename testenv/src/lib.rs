@@ -11,13 +11,16 @@
 //! - [`skip`]: the skip-or-fail rule for tests whose external dependency is missing.
 
 pub mod azurite;
+pub mod crds;
 pub mod env;
 pub mod events;
 pub mod namespace;
 pub mod podexec;
+pub mod restart;
 pub mod skip;
 pub mod wait;
 
+pub use crds::{free_port, http_get, install_crds};
 pub use env::{TestEnv, TestEnvError, install_crypto_provider};
 pub use namespace::with_temp_ns;
 pub use podexec::{ExecConfig, PodExecutor};

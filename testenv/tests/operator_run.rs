@@ -19,10 +19,11 @@ use fleetscore_operator::run::context::{Context, RunConfig};
 use fleetscore_operator::run::controller as run_controller;
 use fleetscore_operator::run::metrics::RunMetrics;
 use fleetscore_testenv::podexec::{EXEC_LABEL, EXEC_LOCAL};
-use fleetscore_testenv::{ExecConfig, PodExecutor, TestEnv, wait_for};
+use fleetscore_testenv::{
+    ExecConfig, PodExecutor, TestEnv, free_port, http_get, install_crds, wait_for,
+};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
@@ -48,40 +49,6 @@ fn target_dir() -> PathBuf {
         .filter(|t| !t.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target"))
-}
-
-/// Installs the committed `crds/*.yaml` (what users apply) and waits until they are served.
-async fn install_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for file in ["scoringruns.yaml", "scoringschedules.yaml"] {
-        let text = std::fs::read_to_string(repo_root().join("crds").join(file)).unwrap();
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&text).unwrap();
-        let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply("fleetscore-test").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("cannot apply CRD {name}: {e}"));
-        wait_for(
-            &crds,
-            &name,
-            "be established",
-            |c: &CustomResourceDefinition| {
-                c.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| {
-                        cs.iter()
-                            .any(|c| c.type_ == "Established" && c.status == "True")
-                    })
-            },
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap();
-    }
 }
 
 /// The run controller running in this process for one namespace.
@@ -240,7 +207,13 @@ async fn a_15_sensor_run_partitions_once_and_completes_with_correct_counts_and_p
         assert_eq!(st.phase, Some(Phase::Succeeded), "{:?}", st.message);
         assert_eq!((st.total, st.succeeded, st.failed, st.active, st.queued), (15, 15, 0, 0, 0));
         assert!(st.conditions.iter().any(|c| c.type_ == "Prepared" && c.status == "True"));
-        assert!(out.path().join("fleet/partitions").exists(), "the prepare step wrote partitions");
+        // The partitions (a full copy of the readings) go once the run finished and its summary is written.
+        let leftover = fleetscore_testenv::eventually("the partitions are deleted", TIMEOUT, || async {
+            let files = walk_files(&out.path().join("fleet/partitions"));
+            files.is_empty().then_some(files)
+        })
+        .await;
+        assert!(leftover.is_empty());
         assert!(st.completion_time.is_some() && st.duration.is_some());
 
         // The predictions equal a local run's of the same fleet.
@@ -265,7 +238,8 @@ async fn a_15_sensor_run_partitions_once_and_completes_with_correct_counts_and_p
                 assert_eq!(cluster, local, "{rel} differs from the local run");
             }
         }
-        assert!(out.path().join("fleet/summary.json").exists(), "the operator wrote the ledger summary");
+        let summary = out.path().join("fleet/summary.json");
+        fleetscore_testenv::eventually("the operator writes the ledger summary", TIMEOUT, || async { summary.exists().then_some(()) }).await;
         // Finished Jobs were handed to the TTL controller once recorded.
         let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
         let left = jobs.list(&Default::default()).await.unwrap().items;
@@ -277,6 +251,23 @@ async fn a_15_sensor_run_partitions_once_and_completes_with_correct_counts_and_p
         exec.stop();
     })
     .await;
+}
+
+/// Every file below `dir` (none when it does not exist).
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|e| {
+            if e.path().is_dir() {
+                walk_files(&e.path())
+            } else {
+                vec![e.path()]
+            }
+        })
+        .collect()
 }
 
 /// Copies the reference fleet's models of device 1, tags `tags`, into `dir`.
@@ -367,11 +358,13 @@ async fn failing_sensors_are_counted_with_reasons_the_policy_decides_and_rerun_f
             failed,
             BTreeSet::from(["1:4".to_string(), "1:5".to_string()])
         );
+        // A missing model is the scorer's exit code 3: the podFailurePolicy fails the Job at once
+        // (no retries burnt), and the reason says so.
         assert!(
             tolerant
                 .failed_sensors
                 .iter()
-                .all(|f| f.reason == "BackoffLimitExceeded"),
+                .all(|f| f.reason == "PodFailurePolicy" && f.message.contains("exit code 3")),
             "{:?}",
             tolerant.failed_sensors
         );
@@ -687,25 +680,6 @@ async fn kubectl_get_scoringruns_shows_phase_counts_duration_and_age() {
         op.kill().await;
     })
     .await;
-}
-
-/// A free loopback port.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    Some(text)
 }
 
 #[tokio::test]

@@ -16,6 +16,12 @@ How values reach the operator: its command line and environment. Keep in line wi
 {{- if not .Values.operator.schedules }}
 - --no-schedules
 {{- end }}
+{{- if .Values.operator.leaderElection.enabled }}
+- --leader-elect
+- --lease-name={{ include "fleetscore.fullname" . }}
+- --lease-duration-seconds={{ .Values.operator.leaderElection.leaseDurationSeconds }}
+- --lease-grace-seconds={{ .Values.operator.leaderElection.renewGraceSeconds }}
+{{- end }}
 {{- if and (eq .Values.scaler.mode "kwok") .Values.scaler.kwok.nodeTaint }}
 - --kwok-node-taint={{ .Values.scaler.kwok.nodeTaint }}
 {{- end }}
@@ -31,6 +37,10 @@ How values reach the operator: its command line and environment. Keep in line wi
   valueFrom:
     fieldRef:
       fieldPath: metadata.namespace
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
 {{- with .Values.operator.storageAccountName }}
 - name: AZURE_STORAGE_ACCOUNT_NAME
   value: {{ . | quote }}

@@ -194,6 +194,10 @@ pub struct StorageSpec {
     /// Split a single CSV into per-sensor parts once before scoring (Auto) or not (Never).
     #[serde(default)]
     pub partition: PartitionMode,
+    /// Keep `<output>/<run>/partitions/` after the run (default: deleted once the run finished,
+    /// since it is a full copy of the readings).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retain_partitions: bool,
 }
 
 /// Whether a one-file data set is partitioned per sensor first.

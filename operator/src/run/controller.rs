@@ -123,7 +123,13 @@ pub async fn run(ctx: Arc<Context>) {
 /// Logs and counts a failed reconcile, then retries: invalid input waits for a spec change, a
 /// lost conditional write retries at once on fresh state, storage errors back off.
 pub fn error_policy(run: Arc<ScoringRun>, error: &RunError, ctx: Arc<Context>) -> Action {
-    warn!(run = %run.name_any(), error = %error, "reconcile failed");
+    match error {
+        // Expected now and then (the scaler writes the same status): retried at once.
+        RunError::Kube { source, .. } if kit::is_conflict(source) => {
+            tracing::debug!(run = %run.name_any(), error = %error, "status write lost to a newer version; retrying");
+        }
+        _ => warn!(run = %run.name_any(), error = %error, "reconcile failed"),
+    }
     ctx.metrics
         .failures
         .get_or_create(&super::metrics::ErrorLabels {
@@ -706,6 +712,10 @@ impl Reconciler {
         if !self.ctx.config.read_ledger || st.summary.is_some() {
             return Ok(Action::await_change());
         }
+        if let Err(e) = self.drop_partitions(run, &st).await {
+            warn!(run = %self.name, error = %e, "could not delete the partitions (retrying)");
+            return Ok(Action::requeue(Duration::from_secs(30)));
+        }
         let url = jobs::join_url(&jobs::ledger_url(run), "summary.json");
         let summary = serde_json::json!({
             "run": self.name,
@@ -746,6 +756,21 @@ impl Reconciler {
         st.summary = Some(url);
         self.write_status(run, &st).await?;
         Ok(Action::await_change())
+    }
+
+    /// Deletes the run's partitions (a full copy of its readings) once it finished, unless
+    /// `storage.retainPartitions` keeps them.
+    async fn drop_partitions(&self, run: &ScoringRun, st: &ScoringRunStatus) -> Result<(), String> {
+        let url = jobs::partitions_url(run);
+        if run.spec.storage.retain_partitions || st.scoring_data.as_deref() != Some(url.as_str()) {
+            return Ok(());
+        }
+        let store = fleetscore_scorer::storage::open(&url).map_err(|e| e.to_string())?;
+        let n = store.delete_all().await.map_err(|e| e.to_string())?;
+        if n > 0 {
+            info!(run = %self.name, objects = n, "deleted the run's partitions");
+        }
+        Ok(())
     }
 
     /// A finished run given a rerun request: creates `<run>-rerun-<value hash>` over the failed
