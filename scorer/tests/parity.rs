@@ -75,6 +75,8 @@ struct Case {
     rows: Array2<f64>,
     dec: Vec<f64>,
     pred: Vec<i8>,
+    /// Per row, the size of the decision's terms (`make_fixtures.py: term_scale`).
+    scale: Vec<f64>,
     intercept: f64,
     files: Vec<serde_json::Value>,
 }
@@ -91,6 +93,7 @@ fn cases(dir: &Path) -> Vec<Case> {
             let flat = read_f64(&dir.join(format!("{name}.rows.f64")));
             let rows = Array2::from_shape_vec((flat.len() / d, d), flat).unwrap();
             let dec = read_f64(&dir.join(format!("{name}.dec.f64")));
+            let scale = read_f64(&dir.join(format!("{name}.scale.f64")));
             let pred = std::fs::read(dir.join(format!("{name}.pred.i8"))).unwrap().into_iter().map(|b| b as i8).collect();
             Case {
                 name,
@@ -101,6 +104,7 @@ fn cases(dir: &Path) -> Vec<Case> {
                 rows,
                 dec,
                 pred,
+                scale,
                 intercept: c["intercept"].as_f64().unwrap(),
                 files: c["files"].as_array().unwrap().clone(),
             }
@@ -111,8 +115,10 @@ fn cases(dir: &Path) -> Vec<Case> {
 /// Compares decisions and labels; returns a description of every mismatch.
 fn compare(case: &Case, model: &Model, label: &str, got: &[f64]) -> Vec<String> {
     let mut bad = Vec::new();
-    for (r, ((g, want), p)) in got.iter().zip(&case.dec).zip(&case.pred).enumerate() {
-        let tol = 1e-9 * (want.abs() + case.intercept.abs());
+    for (r, (((g, want), p), scale)) in got.iter().zip(&case.dec).zip(&case.pred).zip(&case.scale).enumerate() {
+        // 1e-9 of the result, plus rounding of a sum that cancels: sklearn's own linear and poly
+        // decisions near 0 move by ~1e-16 of the terms' size with the CPU's BLAS kernel.
+        let tol = 1e-9 * (want.abs() + case.intercept.abs()) + 1e-12 * scale;
         // Written so that a NaN decision fails too.
         let close = (g - want).abs() <= tol;
         if !close {
@@ -322,6 +328,7 @@ fn a_bare_svm_with_its_scaler_in_a_separate_file_scores_like_the_two_in_sklearn(
                 .map(|b| b as i8)
                 .collect(),
             intercept: s["intercept"].as_f64().unwrap(),
+            scale: read_f64(&dir.join(format!("{name}.scale.f64"))),
             files: Vec::new(),
         };
         let read = |k: &str| std::fs::read(dir.join(s[k].as_str().unwrap())).unwrap();

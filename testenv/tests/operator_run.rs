@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fleetscore_operator::context::{Context, RunConfig};
 use fleetscore_operator::crd::run::{Phase, RERUN_ANNOTATION, ScoringRun};
-use fleetscore_operator::metrics::RunMetrics;
-use fleetscore_operator::run_controller;
+use fleetscore_operator::run::context::{Context, RunConfig};
+use fleetscore_operator::run::controller as run_controller;
+use fleetscore_operator::run::metrics::RunMetrics;
 use fleetscore_testenv::podexec::{EXEC_LABEL, EXEC_LOCAL};
 use fleetscore_testenv::{ExecConfig, PodExecutor, TestEnv, wait_for};
 use futures::StreamExt;
@@ -165,7 +165,7 @@ fn watch_jobs(client: &Client, ns: &str) -> (Arc<Mutex<JobLog>>, JoinHandle<()>)
                         .entry(name.clone())
                         .or_default()
                         .insert(job.uid().unwrap_or_default());
-                    let done = fleetscore_operator::jobs::job_outcome(&job).is_some();
+                    let done = fleetscore_operator::run::jobs::job_outcome(&job).is_some();
                     if done {
                         log.unfinished.remove(&name);
                     } else {
@@ -254,8 +254,8 @@ async fn a_15_sensor_run_partitions_once_and_completes_with_correct_counts_and_p
             },
         }))
         .unwrap();
-        let opts = fleetscore_operator::local::LocalOptions { threads: Some(2), output: None };
-        fleetscore_operator::local::run_local(&local_run, &opts, |_| {}).await.unwrap();
+        let opts = fleetscore_operator::run::local::LocalOptions { threads: Some(2), output: None };
+        fleetscore_operator::run::local::run_local(&local_run, &opts, |_| {}).await.unwrap();
         for d in 1..=3 {
             for t in 1..=5 {
                 let rel = format!("fleet/preds/preds_{d}_{t}.csv");
@@ -283,7 +283,11 @@ async fn a_15_sensor_run_partitions_once_and_completes_with_correct_counts_and_p
 fn copy_device1_models(dir: &Path, tags: std::ops::RangeInclusive<u32>) {
     for t in tags {
         let name = format!("model_1_{t}.pkl");
-        std::fs::copy(reference_fleet().join("models").join(&name), dir.join(&name)).unwrap();
+        std::fs::copy(
+            reference_fleet().join("models").join(&name),
+            dir.join(&name),
+        )
+        .unwrap();
     }
 }
 
@@ -336,7 +340,8 @@ async fn failing_sensors_are_counted_with_reasons_the_policy_decides_and_rerun_f
         let op = Operator::start(&client, &ns);
         let runs: Api<ScoringRun> = Api::namespaced(client.clone(), &ns);
         let spec = |tolerate: i64| {
-            let policy = json!({ "parallelism": 5, "failurePolicy": { "maxFailedSensors": tolerate } });
+            let policy =
+                json!({ "parallelism": 5, "failurePolicy": { "maxFailedSensors": tolerate } });
             device1_spec(models.path(), out.path(), policy)
         };
         runs.create(&PostParams::default(), &run("tolerant", spec(2)))
@@ -418,16 +423,31 @@ async fn a_packed_job_names_its_failed_sensors_and_rerun_repeats_only_those() {
             .unwrap();
         let st = finished(&runs, "packed").await.status.unwrap();
         // The Job failed as a whole; the scorer's log records name the two sensors that failed.
-        assert_eq!(st.phase, Some(Phase::PartiallySucceeded), "{:?}", st.message);
+        assert_eq!(
+            st.phase,
+            Some(Phase::PartiallySucceeded),
+            "{:?}",
+            st.message
+        );
         assert_eq!((st.total, st.succeeded, st.failed), (5, 3, 2));
-        let failed: BTreeSet<_> = st.failed_sensors.iter().map(|f| (f.sensor.as_str(), f.reason.as_str())).collect();
-        assert_eq!(failed, BTreeSet::from([("1:4", "ScorerFailed"), ("1:5", "ScorerFailed")]));
+        let failed: BTreeSet<_> = st
+            .failed_sensors
+            .iter()
+            .map(|f| (f.sensor.as_str(), f.reason.as_str()))
+            .collect();
+        assert_eq!(
+            failed,
+            BTreeSet::from([("1:4", "ScorerFailed"), ("1:5", "ScorerFailed")])
+        );
 
         copy_device1_models(models.path(), 4..=5);
         let rerun = rerun_failed(&runs, "packed").await;
         let rerun_name = rerun.name_any();
         let st = rerun.status.unwrap();
-        assert_eq!((st.phase, st.total, st.succeeded), (Some(Phase::Succeeded), 2, 2));
+        assert_eq!(
+            (st.phase, st.total, st.succeeded),
+            (Some(Phase::Succeeded), 2, 2)
+        );
         let preds = out.path().join(&rerun_name).join("preds");
         let mut written: Vec<_> = std::fs::read_dir(&preds)
             .unwrap()

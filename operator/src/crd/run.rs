@@ -48,25 +48,34 @@ pub const MAX_LISTED_FAILURES: usize = 50;
     printcolumn(name = "Active", type_ = "integer", json_path = ".status.active"),
     printcolumn(name = "Duration", type_ = "string", json_path = ".status.duration"),
     printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    // The fields that define the work are fixed once the run exists: an edit mid-run would
+    // remap batches to other sensors. Rules on the root, so a schedule's run template stays editable.
+    validation = Rule::new("has(self.spec.sensors) == has(oldSelf.spec.sensors) && (!has(self.spec.sensors) || self.spec.sensors == oldSelf.spec.sensors)").message("spec.sensors is immutable: it fixes the run's work when it starts; create a new ScoringRun instead"),
+    validation = Rule::new("has(self.spec.rerunOf) == has(oldSelf.spec.rerunOf) && (!has(self.spec.rerunOf) || self.spec.rerunOf == oldSelf.spec.rerunOf)").message("spec.rerunOf is immutable; create a new ScoringRun instead"),
+    validation = Rule::new("has(self.spec.credentials) == has(oldSelf.spec.credentials) && (!has(self.spec.credentials) || self.spec.credentials == oldSelf.spec.credentials)").message("spec.credentials is immutable; create a new ScoringRun instead"),
+    validation = Rule::new("self.spec.storage == oldSelf.spec.storage").message("spec.storage is immutable: a run's outputs come from one set of inputs; create a new ScoringRun instead"),
+    validation = Rule::new("self.spec.scorer == oldSelf.spec.scorer").message("spec.scorer is immutable: every sensor of a run is scored alike; create a new ScoringRun instead"),
+    validation = Rule::new("self.spec.sensorsPerJob == oldSelf.spec.sensorsPerJob").message("spec.sensorsPerJob is immutable: it fixes which sensors each Job scores; create a new ScoringRun instead"),
+    validation = Rule::new("self.metadata.name.size() <= 63").message("metadata.name: at most 63 characters (it is a label value on the run's Jobs and pods)")
 )]
 #[x_kube(validation = Rule::new("!has(self.credentials) || !(has(self.credentials.secretName) && has(self.credentials.workloadIdentityServiceAccount))").message("credentials: set either secretName or workloadIdentityServiceAccount, not both"))]
 #[x_kube(validation = Rule::new("!has(self.rerunOf) || !has(self.sensors)").message("rerunOf takes its sensors from the earlier run: leave sensors unset"))]
 #[x_kube(validation = Rule::new("has(self.rerunOf) || has(self.sensors)").message("sensors is required (or rerunOf, to rerun another run's failed sensors)"))]
 #[serde(rename_all = "camelCase")]
 pub struct ScoringRunSpec {
-    /// Which sensors to score. Required unless `rerunOf` is set.
+    /// Which sensors to score. Required unless `rerunOf` is set. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sensors: Option<SensorSelector>,
-    /// Name of an earlier run (same namespace) whose failed sensors this run scores again.
+    /// Name of an earlier run (same namespace) whose failed sensors this run scores again. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerun_of: Option<String>,
-    /// Where models, readings and predictions live.
+    /// Where models, readings and predictions live. Immutable.
     pub storage: StorageSpec,
-    /// The scorer container.
+    /// The scorer container. Immutable (every sensor of a run is scored alike).
     #[serde(default)]
     pub scorer: ScorerSpec,
-    /// How the scorer reaches storage; by reference only, never a secret in the spec.
+    /// How the scorer reaches storage; by reference only, never a secret in the spec. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<CredentialsSpec>,
     /// Maximum number of scoring Jobs at once; the rest wait in the operator's queue.
@@ -74,6 +83,7 @@ pub struct ScoringRunSpec {
     #[schemars(range(min = 1, max = 5000))]
     pub parallelism: i32,
     /// Sensors per Job: 1 = one Job per sensor; more packs sensors to save pod start-up.
+    /// Immutable (it fixes which sensors each batch holds).
     #[serde(default = "default_one")]
     #[schemars(range(min = 1, max = 10000))]
     pub sensors_per_job: i32,
@@ -150,7 +160,9 @@ pub struct SensorSelector {
 pub type LabelSafe = String;
 
 /// One sensor, by device and tag (as written in the readings CSV).
-#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
 pub struct SensorRef {
     /// Device id, e.g. `"1"`.
     #[schemars(regex(pattern = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$"))]
@@ -203,6 +215,7 @@ pub struct ScorerSpec {
     pub image: Option<String>,
     /// Image pull policy (Always, IfNotPresent, Never).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(Always|IfNotPresent|Never)$"))]
     pub image_pull_policy: Option<String>,
     /// Container resources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -300,7 +313,10 @@ pub enum Phase {
 impl Phase {
     /// True once the run will not change any more.
     pub fn is_finished(self) -> bool {
-        matches!(self, Self::Succeeded | Self::PartiallySucceeded | Self::Failed)
+        matches!(
+            self,
+            Self::Succeeded | Self::PartiallySucceeded | Self::Failed
+        )
     }
     /// The name as written in the status.
     pub fn as_str(self) -> &'static str {
@@ -357,7 +373,8 @@ pub struct ScoringRunStatus {
     /// Wall time so far or in total, e.g. `2m31s` (for `kubectl get`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<String>,
-    /// Conditions: Ready (finished), Prepared (data partitioned).
+    /// Conditions: Ready (True once the run finished, reason = phase), Prepared (data
+    /// partitioned), ChildrenOwned (False while Jobs of another owner carry this run's name).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The spec generation this status describes.
@@ -390,6 +407,9 @@ pub struct ScoringRunStatus {
     /// Values of the rerun-failed annotation already acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerun_handled: Option<String>,
+    /// Where `summary.json` was written, once it was (retried until storage takes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
     /// Human-readable summary of the latest state change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

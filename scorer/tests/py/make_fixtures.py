@@ -28,6 +28,7 @@ import sklearn
 import pandas as pd
 import scipy.sparse as sparse
 from sklearn.ensemble import IsolationForest
+from sklearn.metrics.pairwise import pairwise_kernels
 from sklearn.neighbors import LocalOutlierFactor
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
@@ -79,6 +80,18 @@ CASES = [
 ]
 
 
+def term_scale(model, rows):
+    """Per row, the sum of |dual_coef_i * K(sv_i, x)| + |intercept|: the size of the terms whose
+    sum is the decision. A linear or poly decision near 0 is a sum that cancels, and sklearn's own
+    value then moves by ~1e-16 of this scale with the BLAS kernel libsvm's dot products use
+    (OpenBLAS picks one per CPU), so the tolerance must scale with it, not with the result."""
+    svm = model.steps[-1][1] if hasattr(model, "steps") else model
+    x = model[:-1].transform(rows) if hasattr(model, "steps") else rows
+    k = pairwise_kernels(x, svm.support_vectors_, metric=svm.kernel, gamma=svm._gamma,
+                         degree=svm.degree, coef0=svm.coef0, filter_params=True)
+    return np.abs(k) @ np.abs(svm.dual_coef_[0]) + abs(float(svm._intercept_[0]))
+
+
 def write_f64(path, a):
     np.ascontiguousarray(a, dtype="<f8").tofile(path)
 
@@ -108,7 +121,20 @@ def write_layouts(out, name, model, old_n_train=None):
     return files
 
 
-def write_expected(out, name, rows, dec, pred_anomaly):
+def wild_scale(model, rows):
+    """term_scale for any wild case: densified CSR SVMs too; a forest's decision is no sum, 0."""
+    svm = model.steps[-1][1] if hasattr(model, "steps") else model
+    if not isinstance(svm, OneClassSVM):
+        return np.zeros(len(rows))
+    x = model[:-1].transform(rows) if hasattr(model, "steps") else rows
+    dense = lambda a: a.toarray() if sparse.issparse(a) else a  # noqa: E731
+    k = pairwise_kernels(dense(x), dense(svm.support_vectors_), metric=svm.kernel, gamma=svm._gamma,
+                         degree=svm.degree, coef0=svm.coef0, filter_params=True)
+    return np.abs(k) @ np.abs(dense(svm.dual_coef_)[0]) + abs(float(svm._intercept_[0]))
+
+
+def write_expected(out, name, rows, dec, pred_anomaly, model):
+    write_f64(os.path.join(out, name + ".scale.f64"), wild_scale(model, rows))
     write_f64(os.path.join(out, name + ".rows.f64"), rows)
     write_f64(os.path.join(out, name + ".dec.f64"), dec)
     np.asarray(pred_anomaly, dtype=np.int8).tofile(os.path.join(out, name + ".pred.i8"))
@@ -123,7 +149,7 @@ def wild_cases(out, manifest):
         xp = rows if x_for_predict is None else x_for_predict
         dec = np.asarray(model.decision_function(xp), dtype=np.float64)
         pred = model.predict(xp) == -1
-        write_expected(out, name, rows, dec, pred)
+        write_expected(out, name, rows, dec, pred, model)
         if files is None:
             files = write_layouts(out, name, model)
         entry = {"name": name, "d": rows.shape[1], "rows": len(rows), "n_sv": 0, "intercept": scale, "files": files,
@@ -152,6 +178,7 @@ def wild_cases(out, manifest):
     for name, model in (
         ("sparse_bare_svm", OneClassSVM(nu=0.1, gamma=0.3)),
         ("sparse_pipeline_svm", Pipeline([("scaler", StandardScaler(with_mean=False)), ("svm", OneClassSVM(nu=0.1))])),
+        ("sparse_linear_svm", OneClassSVM(kernel="linear", nu=0.2)),
     ):
         model.fit(sparse.csr_matrix(x))
         svm = model if isinstance(model, OneClassSVM) else model[-1]
@@ -186,7 +213,8 @@ def wild_cases(out, manifest):
     svm = OneClassSVM(nu=0.05, gamma="scale").fit(scaler.transform(x))
     rows = probe_rows(rng, x, 1500)
     dec = svm.decision_function(scaler.transform(rows))
-    write_expected(out, "sidecar_svm", rows, dec, svm.predict(scaler.transform(rows)) == -1)
+    write_expected(out, "sidecar_svm", rows, dec, svm.predict(scaler.transform(rows)) == -1,
+                   Pipeline([("scaler", scaler), ("svm", svm)]))
     joblib.dump(svm, os.path.join(out, "sidecar_svm.joblib"))
     joblib.dump(scaler, os.path.join(out, "sidecar_svm.scaler.joblib"))
     with open(os.path.join(out, "sidecar_svm.pkl"), "wb") as fh:
@@ -255,6 +283,7 @@ def main(out):
         write_f64(os.path.join(out, name + ".rows.f64"), rows)
         write_f64(os.path.join(out, name + ".dec.f64"), dec)
         pred.tofile(os.path.join(out, name + ".pred.i8"))
+        write_f64(os.path.join(out, name + ".scale.f64"), term_scale(model, rows))
         files = []
         for proto in (2, 3, 4, 5):
             f = f"{name}.p{proto}.pkl"
@@ -289,6 +318,7 @@ def main(out):
     write_f64(os.path.join(out, "fortran.rows.f64"), rows)
     write_f64(os.path.join(out, "fortran.dec.f64"), model.decision_function(rows))
     (model.predict(rows) == -1).astype(np.int8).tofile(os.path.join(out, "fortran.pred.i8"))
+    write_f64(os.path.join(out, "fortran.scale.f64"), term_scale(model, rows))
     # Same numbers, Fortran layout (sklearn itself needs C order to score, so only for pickling).
     svm.support_vectors_ = np.asfortranarray(svm.support_vectors_)
     files = []

@@ -7,11 +7,9 @@ use std::time::Duration;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
-use crate::jobs::PodDefaults;
-use crate::metrics::RunMetrics;
-
-/// Field manager of everything the run controller writes (server-side apply).
-pub const FIELD_MANAGER: &str = "fleetscore";
+use super::jobs::PodDefaults;
+use super::metrics::RunMetrics;
+use crate::kit::RUN_MANAGER;
 
 /// Settings of the run controller.
 #[derive(Clone, Debug)]
@@ -64,7 +62,13 @@ pub struct Context {
 impl Context {
     /// A context with the given client, metrics and settings.
     pub fn new(client: Client, metrics: Arc<RunMetrics>, config: RunConfig) -> Self {
-        let recorder = Recorder::new(client.clone(), Reporter::from(FIELD_MANAGER));
-        Self { client, recorder, metrics, config, ready: Arc::new(AtomicBool::new(false)) }
+        let recorder = Recorder::new(client.clone(), Reporter::from(RUN_MANAGER));
+        Self {
+            client,
+            recorder,
+            metrics,
+            config,
+            ready: Arc::new(AtomicBool::new(false)),
+        }
     }
 }
