@@ -173,61 +173,148 @@ impl IsolationForest {
         }
         Ok(())
     }
+}
+
+/// A validated forest laid out for scoring: per tree, flat node arrays in which every leaf
+/// points to itself, so each row takes exactly `depth` steps with no exit test, and the rows
+/// of a block advance together (independent loads the CPU overlaps). Subsampled feature
+/// indices are resolved to input columns once, here.
+#[derive(Debug, Clone)]
+pub struct ForestKernel {
+    n_features: usize,
+    trees: Vec<FlatTree>,
+    denominator: f64,
+    offset: f64,
+}
+
+#[derive(Debug, Clone)]
+struct FlatTree {
+    /// Steps from the root to the deepest leaf.
+    depth: usize,
+    /// Node arrays, one entry per node (separate arrays measured faster than one record).
+    left: Vec<u32>,
+    right: Vec<u32>,
+    /// Input column of each split (0 for leaves).
+    column: Vec<u32>,
+    threshold: Vec<f64>,
+    nan_left: Vec<bool>,
+    /// Leaf values (0 for inner nodes).
+    value: Vec<f64>,
+}
+
+impl FlatTree {
+    fn push(&mut self, left: u32, right: u32, column: u32, threshold: f64, nan_left: bool) {
+        self.left.push(left);
+        self.right.push(right);
+        self.column.push(column);
+        self.threshold.push(threshold);
+        self.nan_left.push(nan_left);
+    }
+}
+
+impl ForestKernel {
+    /// Lays out a forest that [`IsolationForest::validate`] accepted.
+    pub fn new(forest: &IsolationForest) -> ForestKernel {
+        let trees = forest
+            .trees
+            .iter()
+            .map(|t| {
+                let n = t.nodes.len();
+                let mut f = FlatTree {
+                    depth: 0,
+                    left: Vec::with_capacity(n),
+                    right: Vec::with_capacity(n),
+                    column: Vec::with_capacity(n),
+                    threshold: Vec::with_capacity(n),
+                    nan_left: Vec::with_capacity(n),
+                    value: Vec::with_capacity(n),
+                };
+                let mut steps = vec![0usize; n];
+                for (i, node) in t.nodes.iter().enumerate() {
+                    if node.left == LEAF {
+                        f.push(i as u32, i as u32, 0, 0.0, false);
+                        f.value.push(node.value);
+                        f.depth = f.depth.max(steps[i]);
+                    } else {
+                        let col = match &t.features {
+                            Some(map) => map[node.feature as usize],
+                            None => node.feature as usize,
+                        };
+                        f.push(node.left, node.right, col as u32, node.value, node.missing_left);
+                        f.value.push(0.0);
+                        // Children follow their parent (validated), so their step counts are set here.
+                        steps[node.left as usize] = steps[i] + 1;
+                        steps[node.right as usize] = steps[i] + 1;
+                    }
+                }
+                f
+            })
+            .collect();
+        ForestKernel {
+            n_features: forest.n_features,
+            trees,
+            denominator: forest.trees.len() as f64 * average_path_length(forest.max_samples),
+            offset: forest.offset,
+        }
+    }
 
     /// Writes the decision of each (already scaled) row of `x` into `out`.
     pub fn decide_into(&self, x: ArrayView2<f64>, out: &mut [f64]) {
-        let denominator = self.trees.len() as f64 * average_path_length(self.max_samples);
-        let mut z = vec![0.0f64; BLOCK * self.n_features];
+        let d = self.n_features;
+        // Feature-major block: zt[c * BLOCK + r] is column c of row r.
+        let mut zt = vec![0.0f64; BLOCK * d];
         let mut depth = [0.0f64; BLOCK];
-        for (block, out_block) in x
-            .axis_chunks_iter(Axis(0), BLOCK)
-            .zip(out.chunks_mut(BLOCK))
-        {
+        let mut idx = [0u32; BLOCK];
+        for (block, out_block) in x.axis_chunks_iter(Axis(0), BLOCK).zip(out.chunks_mut(BLOCK)) {
             let rows = block.nrows();
             // sklearn validates input as float32, then compares it with f64 thresholds.
             for (r, row) in block.rows().into_iter().enumerate() {
-                for (j, v) in row.iter().enumerate() {
-                    z[r * self.n_features + j] = f64::from(*v as f32);
+                for (c, v) in row.iter().enumerate() {
+                    zt[c * BLOCK + r] = f64::from(*v as f32);
                 }
             }
             depth[..rows].fill(0.0);
-            for tree in &self.trees {
-                for (r, d) in depth[..rows].iter_mut().enumerate() {
-                    let row = &z[r * self.n_features..(r + 1) * self.n_features];
-                    *d += tree.leaf_value(row);
+            for t in &self.trees {
+                idx[..rows].fill(0);
+                for _ in 0..t.depth {
+                    for (r, i) in idx[..rows].iter_mut().enumerate() {
+                        let n = *i as usize;
+                        let v = zt[t.column[n] as usize * BLOCK + r];
+                        // Bitwise, not short-circuit: no data-dependent branch to mispredict.
+                        let go_left = (v <= t.threshold[n]) | (v.is_nan() & t.nan_left[n]);
+                        let (l, r) = (t.left[n], t.right[n]);
+                        *i = r ^ ((l ^ r) & 0u32.wrapping_sub(u32::from(go_left)));
+                    }
+                }
+                // Tree by tree, in the forest's order, as sklearn sums them.
+                for (dep, i) in depth[..rows].iter_mut().zip(&idx[..rows]) {
+                    *dep += t.value[*i as usize];
                 }
             }
-            for (o, d) in out_block.iter_mut().zip(&depth[..rows]) {
+            for (o, dep) in out_block.iter_mut().zip(&depth[..rows]) {
                 // np.divide(..., out=ones, where=denominator != 0): one tree of one sample.
-                let ratio = if denominator != 0.0 {
-                    d / denominator
-                } else {
-                    1.0
-                };
+                let ratio = if self.denominator != 0.0 { dep / self.denominator } else { 1.0 };
                 let score = -(2f64.powf(-ratio));
                 *o = score - self.offset;
             }
         }
     }
 
-    /// [`IsolationForest::decide_into`] split over rayon's current pool in whole blocks.
+    /// [`ForestKernel::decide_into`] split over rayon's current pool in whole blocks.
     pub fn decide_into_parallel(&self, x: ArrayView2<f64>, out: &mut [f64]) {
         let threads = rayon::current_num_threads().max(1);
         let chunk = x.nrows().div_ceil(threads * 4).div_ceil(BLOCK).max(1) * BLOCK;
         out.par_chunks_mut(chunk).enumerate().for_each(|(i, o)| {
             let start = i * chunk;
-            self.decide_into(
-                x.slice_axis(Axis(0), ndarray::Slice::from(start..start + o.len())),
-                o,
-            );
+            self.decide_into(x.slice_axis(Axis(0), ndarray::Slice::from(start..start + o.len())), o);
         });
     }
 }
 
 impl IsolationTree {
-    /// The value of the leaf a row (full input, float32-rounded) lands in.
-    #[inline]
-    fn leaf_value(&self, row: &[f64]) -> f64 {
+    /// The value of the leaf a row (full input, float32-rounded) lands in, walking node by node
+    /// (the reference [`ForestKernel`] is tested against).
+    pub fn leaf_value(&self, row: &[f64]) -> f64 {
         let mut i = 0usize;
         loop {
             let node = &self.nodes[i];
@@ -239,11 +326,7 @@ impl IsolationTree {
                 Some(f) => row[f[col]],
                 None => row[col],
             };
-            let left = if v.is_nan() {
-                node.missing_left
-            } else {
-                v <= node.value
-            };
+            let left = if v.is_nan() { node.missing_left } else { v <= node.value };
             i = if left { node.left } else { node.right } as usize;
         }
     }
@@ -314,7 +397,7 @@ mod tests {
         forest.validate().unwrap();
         let x = array![[0.1], [0.0999], [f64::NAN]];
         let mut out = [0.0; 3];
-        forest.decide_into(x.view(), &mut out);
+        ForestKernel::new(&forest).decide_into(x.view(), &mut out);
         // denominator = 1 · apl(2) = 1: decision = -2^(-leaf) + 0.5
         assert_eq!(
             out,
@@ -371,12 +454,16 @@ mod tests {
         });
         let mut a = vec![0.0; 1000];
         let mut b = vec![0.0; 1000];
-        forest.decide_into(x.view(), &mut a);
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap()
-            .install(|| forest.decide_into_parallel(x.view(), &mut b));
+        let k = ForestKernel::new(&forest);
+        k.decide_into(x.view(), &mut a);
+        rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap().install(|| k.decide_into_parallel(x.view(), &mut b));
         assert_eq!(a, b);
+        // The flat fixed-depth walk lands in the same leaves as a node-by-node walk.
+        let t = &forest.trees[0];
+        for (r, row) in x.rows().into_iter().enumerate() {
+            let z: Vec<f64> = row.iter().map(|v| f64::from(*v as f32)).collect();
+            let dep = 0.0 + t.leaf_value(&z) + t.leaf_value(&z);
+            assert_eq!(a[r], -(2f64.powf(-(dep / (2.0 * average_path_length(8.0))))) + 0.4, "row {r}");
+        }
     }
 }

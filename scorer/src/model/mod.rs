@@ -303,8 +303,10 @@ pub struct Model {
     scaler: Option<Scaler>,
     estimator: Estimator,
     meta: ModelMeta,
-    /// The SVM laid out for scoring (None for forests, which score from their own layout).
+    /// The SVM laid out for scoring (None for forests).
     kernel: Option<ScoringKernel>,
+    /// The forest laid out for scoring (None for SVMs).
+    forest: Option<iforest::ForestKernel>,
     feature_names: Option<Vec<String>>,
 }
 
@@ -363,6 +365,7 @@ impl Model {
             estimator: Estimator::OneClassSvm(svm),
             meta,
             kernel: Some(kernel),
+            forest: None,
             feature_names: None,
         })
     }
@@ -382,11 +385,13 @@ impl Model {
         }
         forest.validate()?;
         check_scaler(scaler.as_ref(), forest.n_features)?;
+        let kernel = iforest::ForestKernel::new(&forest);
         Ok(Model {
             scaler,
             estimator: Estimator::IsolationForest(forest),
             meta,
             kernel: None,
+            forest: Some(kernel),
             feature_names: None,
         })
     }
@@ -528,15 +533,15 @@ impl Model {
     }
 
     fn decide(&self, x: ArrayView2<f64>, out: &mut [f64], parallel: bool) {
-        match (&self.estimator, &self.kernel) {
-            (Estimator::OneClassSvm(_), Some(k)) => {
+        match (&self.kernel, &self.forest) {
+            (Some(k), _) => {
                 if parallel {
                     k.decide_into_parallel(x, out)
                 } else {
                     k.decide_into(x, out)
                 }
             }
-            (Estimator::IsolationForest(f), _) => {
+            (None, Some(f)) => {
                 // sklearn's StandardScaler.transform: x -= mean_, then x /= scale_, in f64.
                 let scaled = self.scaler.as_ref().map(|s| {
                     let mut z = x.to_owned();
@@ -562,8 +567,8 @@ impl Model {
                     f.decide_into(view, out)
                 }
             }
-            // Model::new always lays out an SVM's kernel.
-            (Estimator::OneClassSvm(_), None) => out.fill(f64::NAN),
+            // Both constructors lay out their estimator.
+            (None, None) => out.fill(f64::NAN),
         }
     }
 
