@@ -179,12 +179,39 @@ pub fn is_long_csv(url: &str) -> bool {
 /// Model file extensions, in order of preference when several exist for one sensor.
 const MODEL_EXTS: [&str; 4] = [".json", ".pkl", ".joblib", ""];
 
+/// Scaler sidecar suffixes: `model_<D>_<T>.scaler.pkl` / `.scaler.joblib` holds the fitted
+/// `StandardScaler` of a bare model saved on its own (see scorer/MODEL_FORMAT.md).
+const SCALER_SIDECARS: [&str; 2] = [".scaler.pkl", ".scaler.joblib"];
+
+/// The sensor whose scaler sidecar a file name is, if it is one.
+pub fn scaler_sidecar_sensor(name: &str) -> Option<SensorId> {
+    let stem = SCALER_SIDECARS.iter().find_map(|s| name.strip_suffix(s))?;
+    SensorId::from_model_file_name(stem)
+}
+
 /// Lists the models prefix: each sensor's chosen model object.
 pub async fn list_models(models: &Location) -> Result<BTreeMap<SensorId, Location>, StorageError> {
+    Ok(list_models_and_scalers(models).await?.0)
+}
+
+/// Sensors' model objects and scaler sidecars (a sensor's sidecar is used only with its model).
+type ModelsAndScalers = (BTreeMap<SensorId, Location>, BTreeMap<SensorId, Location>);
+
+/// Lists the models prefix once: each sensor's chosen model object, and its scaler sidecar if any.
+pub async fn list_models_and_scalers(models: &Location) -> Result<ModelsAndScalers, StorageError> {
     let mut found: BTreeMap<SensorId, (usize, String)> = BTreeMap::new();
+    let mut scalers: BTreeMap<SensorId, (usize, String)> = BTreeMap::new();
     for path in models.list().await? {
         let Some(rel) = models.relative(&path) else { continue };
         if rel.contains('/') {
+            continue;
+        }
+        if let Some(sensor) = scaler_sidecar_sensor(&rel) {
+            // .scaler.pkl before .scaler.joblib, like the models' own order.
+            let rank = SCALER_SIDECARS.iter().position(|s| rel.ends_with(s)).unwrap_or(SCALER_SIDECARS.len());
+            if scalers.get(&sensor).is_none_or(|(r, _)| rank < *r) {
+                scalers.insert(sensor, (rank, rel));
+            }
             continue;
         }
         let Some(sensor) = SensorId::from_model_file_name(&rel) else { continue };
@@ -199,7 +226,8 @@ pub async fn list_models(models: &Location) -> Result<BTreeMap<SensorId, Locatio
             }
         }
     }
-    Ok(found.into_iter().map(|(s, (_, rel))| (s, models.child(&rel))).collect())
+    let pick = |m: BTreeMap<SensorId, (usize, String)>| m.into_iter().map(|(s, (_, rel))| (s, models.child(&rel))).collect();
+    Ok((pick(found), pick(scalers)))
 }
 
 /// Scores a fleet; `on_sensor_done` is called once per sensor as soon as its record is final.
@@ -221,7 +249,7 @@ pub async fn score_fleet(
     let data = open(&spec.data)?;
     let out = open(&spec.output)?;
 
-    let available = list_models(&models).await?;
+    let (available, scalers) = list_models_and_scalers(&models).await?;
     let sensors: Vec<SensorId> = match &spec.sensors {
         SensorSelection::All => available.keys().cloned().collect(),
         SensorSelection::List(list) => {
@@ -265,6 +293,7 @@ pub async fn score_fleet(
         }
         parsed = p.sensors;
     }
+    let available = (available, scalers);
     run_sensors(spec, sensors, available, parsed, data, out, pool, summary, start, on_sensor_done).await
 }
 
@@ -272,7 +301,7 @@ pub async fn score_fleet(
 async fn run_sensors(
     spec: &FleetSpec,
     sensors: Vec<SensorId>,
-    available: BTreeMap<SensorId, Location>,
+    available: ModelsAndScalers,
     mut parsed: BTreeMap<SensorId, Series>,
     data: Location,
     out: Location,
@@ -285,10 +314,11 @@ async fn run_sensors(
     let threads = pool.current_num_threads();
     let ctx = Arc::new(Ctx { spec: spec.clone(), data, out, pool, parallel_rows: sensors.len() == 1 });
     let tasks = sensors.into_iter().map(|sensor| {
-        let model = available.get(&sensor).cloned();
+        let model = available.0.get(&sensor).cloned();
+        let scaler = available.1.get(&sensor).cloned();
         let input = if long { SensorData::Parsed(parsed.remove(&sensor)) } else { SensorData::Partitioned };
         let ctx = ctx.clone();
-        async move { score_sensor(&ctx, sensor, model, input).await }
+        async move { score_sensor(&ctx, sensor, (model, scaler), input).await }
     });
     // Mostly I/O (object store GET/PUT) per task; CPU work is bounded by the rayon pool.
     let mut stream = futures::stream::iter(tasks).buffer_unordered((threads * 16).max(64));
@@ -325,7 +355,7 @@ struct Scored {
     format_ms: f64,
 }
 
-async fn score_sensor(ctx: &Ctx, sensor: SensorId, model: Option<Location>, input: SensorData) -> SensorRecord {
+async fn score_sensor(ctx: &Ctx, sensor: SensorId, model: (Option<Location>, Option<Location>), input: SensorData) -> SensorRecord {
     let spec = &ctx.spec;
     let mut rec = SensorRecord::new(&spec.run_id, &sensor);
     if let Err(e) = score_into(ctx, &sensor, model, input, &mut rec).await {
@@ -345,7 +375,7 @@ async fn score_sensor(ctx: &Ctx, sensor: SensorId, model: Option<Location>, inpu
 async fn score_into(
     ctx: &Ctx,
     sensor: &SensorId,
-    model: Option<Location>,
+    (model, scaler): (Option<Location>, Option<Location>),
     input: SensorData,
     rec: &mut SensorRecord,
 ) -> Result<(), String> {
@@ -356,6 +386,10 @@ async fn score_into(
     rec.model = Some(model.url.clone());
     let t = Instant::now();
     let model_bytes = model.get().await.map_err(|e| format!("reading the model: {e}"))?;
+    let scaler_bytes = match &scaler {
+        Some(s) => Some(s.get().await.map_err(|e| format!("reading the scaler sidecar {}: {e}", s.url))?),
+        None => None,
+    };
     let mut parts: Vec<(String, Bytes)> = Vec::new();
     let series = match input {
         SensorData::Parsed(series) => Some(series.ok_or_else(|| format!("no readings in {}", spec.data))?),
@@ -385,9 +419,13 @@ async fn score_into(
     let aggregation = spec.aggregation.clone();
     let strict = spec.strict;
     let parallel = ctx.parallel_rows;
-    let model_name = model.url.clone();
+    let model_name = match &scaler {
+        Some(s) => format!("{} with scaler {}", model.url, s.url),
+        None => model.url.clone(),
+    };
     ctx.pool.spawn(move || {
-        let r = score_cpu(&sensor_c, &model_name, &model_bytes, series, parts, aggregation.as_ref(), strict, parallel);
+        let bytes = (&model_bytes[..], scaler_bytes.as_deref());
+        let r = score_cpu(&sensor_c, &model_name, bytes, series, parts, aggregation.as_ref(), strict, parallel);
         let _ = tx.send(r);
     });
     let scored = rx.await.map_err(|_| "the scoring task stopped unexpectedly".to_string())?;
@@ -417,7 +455,7 @@ async fn score_into(
 fn score_cpu(
     sensor: &SensorId,
     model_name: &str,
-    model_bytes: &[u8],
+    (model_bytes, scaler_bytes): (&[u8], Option<&[u8]>),
     series: Option<Series>,
     parts: Vec<(String, Bytes)>,
     aggregation: Option<&Aggregation>,
@@ -425,7 +463,11 @@ fn score_cpu(
     parallel: bool,
 ) -> Result<Scored, (usize, String)> {
     let t = Instant::now();
-    let model = Model::from_bytes(model_bytes).map_err(|e| (0, format!("loading {model_name}: {e}")))?;
+    let model = match scaler_bytes {
+        None => Model::from_bytes(model_bytes),
+        Some(scaler) => Model::from_bytes_with_scaler(model_bytes, scaler),
+    }
+    .map_err(|e| (0, format!("loading {model_name}: {e}")))?;
     let series = match series {
         Some(s) => s,
         None => {
@@ -531,6 +573,14 @@ pub async fn read_readings(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scaler_sidecars_are_recognised_and_not_taken_for_models() {
+        assert_eq!(scaler_sidecar_sensor("model_3_7.scaler.pkl"), Some(SensorId::new("3", "7")));
+        assert_eq!(scaler_sidecar_sensor("model_3_7.scaler.joblib"), Some(SensorId::new("3", "7")));
+        assert_eq!(scaler_sidecar_sensor("model_3_7.pkl"), None);
+        assert_eq!(SensorId::from_model_file_name("model_3_7.scaler.pkl"), None);
+    }
 
     #[test]
     fn long_csv_urls_are_told_from_partitioned_prefixes() {

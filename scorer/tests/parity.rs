@@ -384,3 +384,29 @@ fn feature_names_of_dataframe_fits_are_exposed() {
         );
     }
 }
+
+#[test]
+fn score_applies_a_scaler_sidecar_found_next_to_a_bare_model() {
+    let Some(dir) = fixtures() else { return };
+    let out = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_fleetscore-scorer"))
+        .args(["score", "--models"])
+        .arg(dir.join("fleet_models"))
+        .arg("--data")
+        .arg(dir.join("fleet_data.csv"))
+        .arg("--output")
+        .arg(out.path())
+        .args(["--run-id", "side", "--all"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let preds = std::fs::read_to_string(out.path().join("side/preds/preds_7_3.csv")).unwrap();
+    let want = read_f64(&dir.join("fleet_sidecar.dec.f64"));
+    let got: Vec<f64> = preds.lines().skip(1).map(|l| l.rsplit(',').next().unwrap().parse().unwrap()).collect();
+    assert_eq!(got.len(), want.len());
+    for (r, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!((g - w).abs() <= 1e-9 * (1.0 + w.abs()), "row {r}: {g} vs sklearn {w}");
+    }
+    let log = std::fs::read_to_string(out.path().join("side/logs/7_3.json")).unwrap();
+    assert!(log.contains("Succeeded"), "{log}");
+}

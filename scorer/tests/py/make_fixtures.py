@@ -228,6 +228,22 @@ def wild_cases(out, manifest):
          "intercept": float(svm._intercept_[0])},
     ]
 
+    # 4b. The same layout in a models prefix, for `score`: model_7_3.joblib + model_7_3.scaler.joblib
+    # (one feature: the raw values), with readings in fleet_data.csv.
+    rng = np.random.default_rng(15)
+    x = sensor_like(rng, 400, 1)
+    scaler = StandardScaler().fit(x)
+    svm = OneClassSVM(nu=0.05, gamma="scale").fit(scaler.transform(x))
+    vals = probe_rows(rng, x, 300)[:, 0]
+    os.makedirs(os.path.join(out, "fleet_models"), exist_ok=True)
+    joblib.dump(svm, os.path.join(out, "fleet_models", "model_7_3.joblib"))
+    joblib.dump(scaler, os.path.join(out, "fleet_models", "model_7_3.scaler.joblib"))
+    with open(os.path.join(out, "fleet_data.csv"), "w") as fh:
+        fh.write("TS,Device,Tag,Value\n")
+        for i, v in enumerate(vals):
+            fh.write(f"2018-08-28 {i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}.000,7,3,{float(v)!r}\n")
+    write_f64(os.path.join(out, "fleet_sidecar.dec.f64"), svm.decision_function(scaler.transform(vals[:, None])))
+
     # 5. IsolationForest.
     for i, (name, d, kw, in_pipeline, use_df) in enumerate((
         ("iforest_1d", 1, dict(), False, False),
