@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::aggregate::{Aggregation, aggregate};
 use crate::data::csv::{CsvOptions, parse};
+use crate::data::device::device_rows;
 use crate::data::time::format_ms;
 use crate::data::{DataError, Series};
 use crate::model::{Model, ModelError};
@@ -48,6 +49,10 @@ pub struct FleetSpec {
     pub strict: bool,
     /// Worker threads (None: one per core).
     pub threads: Option<usize>,
+    /// Device-level models (`--device-features`): each model `model_<D>_<T>` reads these tags of
+    /// device D per row, aligned by timestamp or window (see [`crate::data::device`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_features: Option<Vec<String>>,
 }
 
 /// Why a whole run could not proceed (per-sensor failures are records, not errors).
@@ -155,6 +160,8 @@ enum SensorData {
     Parsed(Option<Series>),
     /// To be read from `<data>/device=<D>/tag=<T>/*.csv`.
     Partitioned,
+    /// `--device-features`: the device's configured tags, each parsed from the long CSV.
+    Device(Vec<Option<Series>>),
 }
 
 /// What every sensor task shares.
@@ -264,6 +271,9 @@ pub async fn score_fleet(
         }));
     }
 
+    if spec.device_features.is_some() && !is_long_csv(&spec.data) {
+        return Err(FleetError::Config("--device-features needs the data as one long CSV".into()));
+    }
     let mut summary = FleetSummary { sensors: sensors.len(), ..FleetSummary::default() };
     let mut parsed: BTreeMap<SensorId, Series> = BTreeMap::new();
     let mut pool = pool;
@@ -274,8 +284,12 @@ pub async fn score_fleet(
         summary.data_read_ms = ms(t);
         summary.data_bytes = buf.len() as u64;
         let t = Instant::now();
-        let select: HashSet<SensorId> = sensors.iter().cloned().collect();
-        let parse_time = spec.aggregation.is_some();
+        let select: HashSet<SensorId> = match &spec.device_features {
+            None => sensors.iter().cloned().collect(),
+            Some(tags) => sensors.iter().flat_map(|s| tags.iter().map(|t| SensorId::new(s.device.clone(), t.clone()))).collect(),
+        };
+        // Device rows are aligned by time, so times are parsed for them too.
+        let parse_time = spec.aggregation.is_some() || spec.device_features.is_some();
         let file = spec.data.clone();
         let (result, back) = tokio::task::spawn_blocking(move || {
             let opts = CsvOptions { strict: false, parse_time, select: Some(&select) };
@@ -316,7 +330,13 @@ async fn run_sensors(
     let tasks = sensors.into_iter().map(|sensor| {
         let model = available.0.get(&sensor).cloned();
         let scaler = available.1.get(&sensor).cloned();
-        let input = if long { SensorData::Parsed(parsed.remove(&sensor)) } else { SensorData::Partitioned };
+        let input = match (&spec.device_features, long) {
+            (Some(tags), _) => SensorData::Device(
+                tags.iter().map(|t| parsed.get(&SensorId::new(sensor.device.clone(), t.clone())).cloned()).collect(),
+            ),
+            (None, true) => SensorData::Parsed(parsed.remove(&sensor)),
+            (None, false) => SensorData::Partitioned,
+        };
         let ctx = ctx.clone();
         async move { score_sensor(&ctx, sensor, (model, scaler), input).await }
     });
@@ -391,7 +411,12 @@ async fn score_into(
         None => None,
     };
     let mut parts: Vec<(String, Bytes)> = Vec::new();
+    let mut device = None;
     let series = match input {
+        SensorData::Device(tags) => {
+            device = Some(tags);
+            Some(Series::default())
+        }
         SensorData::Parsed(series) => Some(series.ok_or_else(|| format!("no readings in {}", spec.data))?),
         SensorData::Partitioned => {
             let dir = ctx.data.child(&format!(
@@ -419,13 +444,15 @@ async fn score_into(
     let aggregation = spec.aggregation.clone();
     let strict = spec.strict;
     let parallel = ctx.parallel_rows;
+    let device_tags = spec.device_features.clone().unwrap_or_default();
     let model_name = match &scaler {
         Some(s) => format!("{} with scaler {}", model.url, s.url),
         None => model.url.clone(),
     };
     ctx.pool.spawn(move || {
         let bytes = (&model_bytes[..], scaler_bytes.as_deref());
-        let r = score_cpu(&sensor_c, &model_name, bytes, series, parts, aggregation.as_ref(), strict, parallel);
+        let device = device.map(|series| (device_tags, series));
+        let r = score_cpu(&sensor_c, &model_name, bytes, (series, device), parts, aggregation.as_ref(), strict, parallel);
         let _ = tx.send(r);
     });
     let scored = rx.await.map_err(|_| "the scoring task stopped unexpectedly".to_string())?;
@@ -456,7 +483,7 @@ fn score_cpu(
     sensor: &SensorId,
     model_name: &str,
     (model_bytes, scaler_bytes): (&[u8], Option<&[u8]>),
-    series: Option<Series>,
+    (series, device): (Option<Series>, Option<(Vec<String>, Vec<Option<Series>>)>),
     parts: Vec<(String, Bytes)>,
     aggregation: Option<&Aggregation>,
     strict: bool,
@@ -491,22 +518,39 @@ fn score_cpu(
         return Err((skipped, format!("--strict: {issue}")));
     }
     let d = model.n_features();
-    let (x, ts_windows) = match aggregation {
-        None => {
+    let (x, ts_windows, ts_text) = match (&device, aggregation) {
+        (Some((tags, tag_series)), _) => {
+            let refs: Vec<Option<&Series>> = tag_series.iter().map(Option::as_ref).collect();
+            // A model fitted on a DataFrame of raw tag columns names them: the order must match.
+            if let (Some(names), None) = (model.feature_names(), aggregation)
+                && names != tags.as_slice()
+            {
+                let msg = format!(
+                    "{model_name} was fitted on features {} but --device-features gives {}",
+                    names.join(","),
+                    tags.join(",")
+                );
+                return Err((skipped, msg));
+            }
+            let rows = device_rows(&sensor.device, tags, &refs, aggregation).map_err(|e| (skipped, e.to_string()))?;
+            (rows.x, None, Some(rows.ts))
+        }
+        (None, None) => {
             let x = ArrayView2::from_shape((series.len(), 1), &series.values)
                 .map_err(|e| (skipped, e.to_string()))?
                 .to_owned();
-            (x, None)
+            (x, None, None)
         }
-        Some(agg) => {
+        (None, Some(agg)) => {
             let w = aggregate(agg, &series.time_ms, &series.values);
-            (w.x, Some(w.start_ms))
+            (w.x, Some(w.start_ms), None)
         }
     };
     if x.ncols() != d {
-        let how = match aggregation {
-            None => "raw values give 1 feature; use --aggregate/--features to match the model".to_string(),
-            Some(a) => format!("--features {} gives {}", a.features_text(), a.features.len()),
+        let how = match (&device, aggregation) {
+            (Some((tags, _)), _) => format!("--device-features {} gives {}", tags.join(","), x.ncols()),
+            (None, None) => "raw values give 1 feature; use --aggregate/--features to match the model".to_string(),
+            (None, Some(a)) => format!("--features {} gives {}", a.features_text(), a.features.len()),
         };
         return Err((skipped, format!("{model_name} expects {d} feature(s) per row but {how}")));
     }
@@ -524,9 +568,10 @@ fn score_cpu(
         let anomaly = model.is_anomaly(dec);
         anomalies += usize::from(anomaly);
         let val = x[[i, 0]];
-        match &ts_windows {
-            None => w.row(series.ts_bytes(i), val, anomaly, dec),
-            Some(starts) => w.row(format_ms(starts[i]).as_bytes(), val, anomaly, dec),
+        match (&ts_windows, &ts_text) {
+            (_, Some(ts)) => w.row(ts[i].as_bytes(), val, anomaly, dec),
+            (None, None) => w.row(series.ts_bytes(i), val, anomaly, dec),
+            (Some(starts), None) => w.row(format_ms(starts[i]).as_bytes(), val, anomaly, dec),
         }
     }
     Ok(Scored { preds: w.finish(), rows, anomalies, skipped, parse_ms, score_ms, format_ms: ms(t) })

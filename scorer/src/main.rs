@@ -85,6 +85,10 @@ struct ScoreArgs {
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Device-level models: each model_<D>_<T> reads these tags of device D per row, aligned by
+    /// timestamp (or by --aggregate window: each tag's --features in turn). Long CSV only.
+    #[arg(long, value_name = "TAG,...", value_delimiter = ',')]
+    device_features: Option<Vec<String>>,
     /// Progress bar on stderr (auto: only on a terminal).
     #[arg(long, value_enum, default_value_t = Progress::Auto)]
     progress: Progress,
@@ -291,7 +295,11 @@ async fn score(a: ScoreArgs) -> Result<ExitCode, Failure> {
         aggregation,
         strict: a.strict,
         threads: a.threads,
+        device_features: a.device_features,
     };
+    if spec.device_features.as_ref().is_some_and(|t| t.is_empty() || t.iter().any(|t| t.is_empty())) {
+        return Err(Failure::usage(anyhow!("--device-features needs a comma-separated list of tags")));
+    }
     let tty = std::io::stderr().is_terminal();
     let show_bar = match a.progress {
         Progress::Always => true,

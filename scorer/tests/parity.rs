@@ -410,3 +410,49 @@ fn score_applies_a_scaler_sidecar_found_next_to_a_bare_model() {
     let log = std::fs::read_to_string(out.path().join("side/logs/7_3.json")).unwrap();
     assert!(log.contains("Succeeded"), "{log}");
 }
+
+fn score_cli(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_fleetscore-scorer")).args(args).output().unwrap()
+}
+
+#[test]
+fn device_features_align_a_devices_tags_into_one_row_per_timestamp() {
+    let Some(dir) = fixtures() else { return };
+    let out = tempfile::tempdir().unwrap();
+    let (models, data) = (dir.join("device_models"), dir.join("device_data.csv"));
+    let run = |data: &Path, id: &str, tags: &str| {
+        score_cli(&[
+            "score".as_ref(),
+            "--models".as_ref(),
+            models.as_os_str(),
+            "--data".as_ref(),
+            data.as_os_str(),
+            "--output".as_ref(),
+            out.path().as_os_str(),
+            "--run-id".as_ref(),
+            id.as_ref(),
+            "--all".as_ref(),
+            "--device-features".as_ref(),
+            tags.as_ref(),
+        ])
+    };
+    let o = run(&data, "dev", "Temp,Pressure,Flow");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let preds = std::fs::read_to_string(out.path().join("dev/preds/preds_5_all.csv")).unwrap();
+    let want = read_f64(&dir.join("device.dec.f64"));
+    let got: Vec<f64> = preds.lines().skip(1).map(|l| l.rsplit(',').next().unwrap().parse().unwrap()).collect();
+    assert_eq!(got.len(), want.len());
+    for (r, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!((g - w).abs() <= 1e-9 * (1.0 + w.abs()), "row {r}: {g} vs sklearn {w}");
+    }
+    // A tag missing at one timestamp fails the model's sensor, naming the tag and the time.
+    let o = run(&dir.join("device_bad.csv"), "bad", "Temp,Pressure,Flow");
+    assert!(!o.status.success());
+    let log = std::fs::read_to_string(out.path().join("bad/logs/5_all.json")).unwrap();
+    assert!(log.contains("tag Flow has no reading at 2018-08-28 00:00:10.000"), "{log}");
+    // Tags in another order than the model was fitted with are refused by its feature names.
+    let o = run(&data, "order", "Pressure,Temp,Flow");
+    assert!(!o.status.success());
+    let log = std::fs::read_to_string(out.path().join("order/logs/5_all.json")).unwrap();
+    assert!(log.contains("fitted on features Temp,Pressure,Flow"), "{log}");
+}

@@ -244,6 +244,27 @@ def wild_cases(out, manifest):
             fh.write(f"2018-08-28 {i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}.000,7,3,{float(v)!r}\n")
     write_f64(os.path.join(out, "fleet_sidecar.dec.f64"), svm.decision_function(scaler.transform(vals[:, None])))
 
+    # 4c. A device-level model: three tags of device 5 per row, fitted on a DataFrame named by tag,
+    # for `score --device-features Temp,Pressure,Flow`; device_bad.csv lacks one Flow reading.
+    rng = np.random.default_rng(16)
+    tags = ["Temp", "Pressure", "Flow"]
+    x = sensor_like(rng, 400, 3)
+    model = Pipeline([("scaler", StandardScaler()), ("svm", OneClassSVM(nu=0.05))]).fit(pd.DataFrame(x, columns=tags))
+    rows = probe_rows(rng, x, 240)
+    os.makedirs(os.path.join(out, "device_models"), exist_ok=True)
+    joblib.dump(model, os.path.join(out, "device_models", "model_5_all.joblib"))
+    lines = []
+    for i, row in enumerate(rows):
+        ts = f"2018-08-28 {i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}.000"
+        # Tags interleaved in another order than the model's, as a historian exports them.
+        for j in (2, 0, 1):
+            lines.append(f"{ts},5,{tags[j]},{float(row[j])!r}\n")
+    with open(os.path.join(out, "device_data.csv"), "w") as fh:
+        fh.write("TS,Device,Tag,Value\n" + "".join(lines))
+    with open(os.path.join(out, "device_bad.csv"), "w") as fh:
+        fh.write("TS,Device,Tag,Value\n" + "".join(lines[:30] + lines[31:]))
+    write_f64(os.path.join(out, "device.dec.f64"), model.decision_function(pd.DataFrame(rows, columns=tags)))
+
     # 5. IsolationForest.
     for i, (name, d, kw, in_pipeline, use_df) in enumerate((
         ("iforest_1d", 1, dict(), False, False),
