@@ -476,6 +476,9 @@ async fn score_into(
     Ok(())
 }
 
+/// `--device-features`: the configured tags and each one's series on this device.
+type DeviceInput = (Vec<String>, Vec<Option<Series>>);
+
 /// Parses the model (and partitioned data), aggregates, scores and formats one sensor.
 /// On error, returns the skipped-row count so far with the message.
 #[allow(clippy::too_many_arguments)] // internal worker with plain inputs
@@ -483,7 +486,7 @@ fn score_cpu(
     sensor: &SensorId,
     model_name: &str,
     (model_bytes, scaler_bytes): (&[u8], Option<&[u8]>),
-    (series, device): (Option<Series>, Option<(Vec<String>, Vec<Option<Series>>)>),
+    (series, device): (Option<Series>, Option<DeviceInput>),
     parts: Vec<(String, Bytes)>,
     aggregation: Option<&Aggregation>,
     strict: bool,
