@@ -26,7 +26,9 @@ pub enum DeviceError {
         tags: String,
     },
     /// A tag lacks a reading at a timestamp (or window) another tag has.
-    #[error("device {device}: tag {tag} has no {what} at {at}, which tag {other} has (--device-features aligns tags by {what})")]
+    #[error(
+        "device {device}: tag {tag} has no {what} at {at}, which tag {other} has (--device-features aligns tags by {what})"
+    )]
     Missing {
         /// Device.
         device: String,
@@ -70,17 +72,23 @@ pub fn device_rows(
     let mut per_tag: Vec<BTreeMap<i64, Vec<f64>>> = Vec::with_capacity(tags.len());
     let mut ts_text: BTreeMap<i64, String> = BTreeMap::new();
     for (tag, s) in tags.iter().zip(series) {
-        let s = s.filter(|s| !s.is_empty()).ok_or_else(|| DeviceError::NoReadings {
-            device: device.into(),
-            tag: tag.clone(),
-            tags: tags.join(","),
-        })?;
+        let s = s
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| DeviceError::NoReadings {
+                device: device.into(),
+                tag: tag.clone(),
+                tags: tags.join(","),
+            })?;
         let mut m = BTreeMap::new();
         match agg {
             None => {
                 for (i, t) in s.time_ms.iter().enumerate() {
                     if m.insert(*t, vec![s.values[i]]).is_some() {
-                        return Err(DeviceError::Duplicate { device: device.into(), tag: tag.clone(), at: s.ts_text(i) });
+                        return Err(DeviceError::Duplicate {
+                            device: device.into(),
+                            tag: tag.clone(),
+                            at: s.ts_text(i),
+                        });
                     }
                     ts_text.entry(*t).or_insert_with(|| s.ts_text(i));
                 }
@@ -98,7 +106,10 @@ pub fn device_rows(
     let mut times: Vec<i64> = per_tag.iter().flat_map(|m| m.keys().copied()).collect();
     times.sort_unstable();
     times.dedup();
-    let width: usize = per_tag.iter().map(|m| m.values().next().map_or(0, Vec::len)).sum();
+    let width: usize = per_tag
+        .iter()
+        .map(|m| m.values().next().map_or(0, Vec::len))
+        .sum();
     let mut flat = Vec::with_capacity(times.len() * width);
     let what = if agg.is_some() { "window" } else { "reading" };
     for t in &times {
@@ -119,9 +130,13 @@ pub fn device_rows(
             }
         }
     }
-    let ts = times.iter().map(|t| ts_text.get(t).cloned().unwrap_or_else(|| format_ms(*t))).collect();
+    let ts = times
+        .iter()
+        .map(|t| ts_text.get(t).cloned().unwrap_or_else(|| format_ms(*t)))
+        .collect();
     // The shape is consistent by construction (every row took `width` values).
-    let x = Array2::from_shape_vec((times.len(), width), flat).unwrap_or_else(|_| Array2::zeros((0, width)));
+    let x = Array2::from_shape_vec((times.len(), width), flat)
+        .unwrap_or_else(|_| Array2::zeros((0, width)));
     Ok(DeviceRows { x, ts })
 }
 
@@ -132,8 +147,14 @@ mod tests {
     use crate::sensor::SensorId;
 
     fn series(csv: &str) -> BTreeMap<SensorId, Series> {
-        let opts = CsvOptions { strict: false, parse_time: true, select: None };
-        parse("t.csv", &bytes::Bytes::from(csv.to_string()), &opts).unwrap().sensors
+        let opts = CsvOptions {
+            strict: false,
+            parse_time: true,
+            select: None,
+        };
+        parse("t.csv", &bytes::Bytes::from(csv.to_string()), &opts)
+            .unwrap()
+            .sensors
     }
 
     #[test]
@@ -143,20 +164,38 @@ mod tests {
              2018-08-28 00:01:00.000,1,a,2\n2018-08-28 00:01:00.000,1,b,20\n",
         );
         let tags = ["a".to_string(), "b".to_string()];
-        let refs = [s.get(&SensorId::new("1", "a")), s.get(&SensorId::new("1", "b"))];
+        let refs = [
+            s.get(&SensorId::new("1", "a")),
+            s.get(&SensorId::new("1", "b")),
+        ];
         let rows = device_rows("1", &tags, &refs, None).unwrap();
         assert_eq!(rows.x, ndarray::array![[1.0, 10.0], [2.0, 20.0]]);
-        assert_eq!(rows.ts, ["2018-08-28 00:00:00.000", "2018-08-28 00:01:00.000"]);
+        assert_eq!(
+            rows.ts,
+            ["2018-08-28 00:00:00.000", "2018-08-28 00:01:00.000"]
+        );
     }
 
     #[test]
     fn a_tag_missing_at_a_timestamp_is_an_error_naming_tag_and_time() {
-        let s = series("TS,Device,Tag,Value\n2018-08-28 00:00:00.000,1,a,1\n2018-08-28 00:01:00.000,1,a,2\n2018-08-28 00:00:00.000,1,b,3\n");
+        let s = series(
+            "TS,Device,Tag,Value\n2018-08-28 00:00:00.000,1,a,1\n2018-08-28 00:01:00.000,1,a,2\n2018-08-28 00:00:00.000,1,b,3\n",
+        );
         let tags = ["a".to_string(), "b".to_string()];
-        let refs = [s.get(&SensorId::new("1", "a")), s.get(&SensorId::new("1", "b"))];
-        let err = device_rows("1", &tags, &refs, None).unwrap_err().to_string();
-        assert!(err.contains("tag b has no reading at 2018-08-28 00:01:00.000, which tag a has"), "{err}");
-        let err = device_rows("1", &["a".into(), "c".into()], &[refs[0], None], None).unwrap_err().to_string();
+        let refs = [
+            s.get(&SensorId::new("1", "a")),
+            s.get(&SensorId::new("1", "b")),
+        ];
+        let err = device_rows("1", &tags, &refs, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tag b has no reading at 2018-08-28 00:01:00.000, which tag a has"),
+            "{err}"
+        );
+        let err = device_rows("1", &["a".into(), "c".into()], &[refs[0], None], None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("tag c has no readings"), "{err}");
     }
 
@@ -168,7 +207,10 @@ mod tests {
         );
         let agg = Aggregation::parse("1m", "mean,max").unwrap();
         let tags = ["a".to_string(), "b".to_string()];
-        let refs = [s.get(&SensorId::new("1", "a")), s.get(&SensorId::new("1", "b"))];
+        let refs = [
+            s.get(&SensorId::new("1", "a")),
+            s.get(&SensorId::new("1", "b")),
+        ];
         let rows = device_rows("1", &tags, &refs, Some(&agg)).unwrap();
         assert_eq!(rows.x, ndarray::array![[2.0, 3.0, 5.0, 5.0]]);
     }

@@ -240,7 +240,13 @@ impl ForestKernel {
                             Some(map) => map[node.feature as usize],
                             None => node.feature as usize,
                         };
-                        f.push(node.left, node.right, col as u32, node.value, node.missing_left);
+                        f.push(
+                            node.left,
+                            node.right,
+                            col as u32,
+                            node.value,
+                            node.missing_left,
+                        );
                         f.value.push(0.0);
                         // Children follow their parent (validated), so their step counts are set here.
                         steps[node.left as usize] = steps[i] + 1;
@@ -265,7 +271,10 @@ impl ForestKernel {
         let mut zt = vec![0.0f64; BLOCK * d];
         let mut depth = [0.0f64; BLOCK];
         let mut idx = [0u32; BLOCK];
-        for (block, out_block) in x.axis_chunks_iter(Axis(0), BLOCK).zip(out.chunks_mut(BLOCK)) {
+        for (block, out_block) in x
+            .axis_chunks_iter(Axis(0), BLOCK)
+            .zip(out.chunks_mut(BLOCK))
+        {
             let rows = block.nrows();
             // sklearn validates input as float32, then compares it with f64 thresholds.
             for (r, row) in block.rows().into_iter().enumerate() {
@@ -293,7 +302,11 @@ impl ForestKernel {
             }
             for (o, dep) in out_block.iter_mut().zip(&depth[..rows]) {
                 // np.divide(..., out=ones, where=denominator != 0): one tree of one sample.
-                let ratio = if self.denominator != 0.0 { dep / self.denominator } else { 1.0 };
+                let ratio = if self.denominator != 0.0 {
+                    dep / self.denominator
+                } else {
+                    1.0
+                };
                 let score = -(2f64.powf(-ratio));
                 *o = score - self.offset;
             }
@@ -306,7 +319,10 @@ impl ForestKernel {
         let chunk = x.nrows().div_ceil(threads * 4).div_ceil(BLOCK).max(1) * BLOCK;
         out.par_chunks_mut(chunk).enumerate().for_each(|(i, o)| {
             let start = i * chunk;
-            self.decide_into(x.slice_axis(Axis(0), ndarray::Slice::from(start..start + o.len())), o);
+            self.decide_into(
+                x.slice_axis(Axis(0), ndarray::Slice::from(start..start + o.len())),
+                o,
+            );
         });
     }
 }
@@ -326,7 +342,11 @@ impl IsolationTree {
                 Some(f) => row[f[col]],
                 None => row[col],
             };
-            let left = if v.is_nan() { node.missing_left } else { v <= node.value };
+            let left = if v.is_nan() {
+                node.missing_left
+            } else {
+                v <= node.value
+            };
             i = if left { node.left } else { node.right } as usize;
         }
     }
@@ -456,14 +476,22 @@ mod tests {
         let mut b = vec![0.0; 1000];
         let k = ForestKernel::new(&forest);
         k.decide_into(x.view(), &mut a);
-        rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap().install(|| k.decide_into_parallel(x.view(), &mut b));
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap()
+            .install(|| k.decide_into_parallel(x.view(), &mut b));
         assert_eq!(a, b);
         // The flat fixed-depth walk lands in the same leaves as a node-by-node walk.
         let t = &forest.trees[0];
         for (r, row) in x.rows().into_iter().enumerate() {
             let z: Vec<f64> = row.iter().map(|v| f64::from(*v as f32)).collect();
             let dep = 0.0 + t.leaf_value(&z) + t.leaf_value(&z);
-            assert_eq!(a[r], -(2f64.powf(-(dep / (2.0 * average_path_length(8.0))))) + 0.4, "row {r}");
+            assert_eq!(
+                a[r],
+                -(2f64.powf(-(dep / (2.0 * average_path_length(8.0))))) + 0.4,
+                "row {r}"
+            );
         }
     }
 }

@@ -298,6 +298,25 @@ def wild_cases(out, manifest):
             assert (model.decision_function(xp) == 0).any(), "expected an exact tie at 0"
 
 
+class CustomDetector:
+    """A project's own class: refused naming it."""
+
+    def __init__(self):
+        self.threshold = 0.5
+
+
+def csc_svm(x):
+    """A CSR-fitted OneClassSVM whose support vectors were turned into CSC: refused naming it."""
+    svm = OneClassSVM(nu=0.1).fit(sparse.csr_matrix(x))
+    svm.support_vectors_ = svm.support_vectors_.tocsc()
+    return svm
+
+
+def pyod_knn(x):
+    from pyod.models.knn import KNN
+    return KNN(n_neighbors=3).fit(x)
+
+
 def _apl(n):
     from sklearn.ensemble._iforest import _average_path_length
     return _average_path_length(n)
@@ -378,6 +397,11 @@ def main(out):
         ("dict.pkl", {"model": "not one"}, "dict"),
         ("minmax_pipeline.pkl", Pipeline([("mm", MinMaxScaler()), ("svm", OneClassSVM())]).fit(x), "MinMaxScaler"),
         ("precomputed.pkl", OneClassSVM(kernel="precomputed").fit(x @ x.T), "precomputed"),
+        ("lof_pipeline.pkl", Pipeline([("s", StandardScaler()), ("lof", LocalOutlierFactor(novelty=True))]).fit(x),
+         "LocalOutlierFactor"),
+        ("custom_class.pkl", CustomDetector(), "__main__.CustomDetector"),
+        ("csc_svm.pkl", csc_svm(x), "only CSR"),
+        ("pyod_knn.pkl", pyod_knn(x), "pyod.models.knn.KNN"),
     ]
     for f, obj, needle in errors:
         with open(os.path.join(out, f), "wb") as fh:
