@@ -13,9 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::aggregate::{Aggregation, aggregate};
 use crate::data::csv::{CsvOptions, parse};
+use crate::data::device::device_rows;
 use crate::data::time::format_ms;
 use crate::data::{DataError, Series};
-use crate::model::{Model, ModelError, is_anomaly};
+use crate::model::{Model, ModelError};
 use crate::output::{PredsWriter, SensorRecord, log_path, preds_path};
 use crate::sensor::SensorId;
 use crate::storage::{Location, StorageError, open};
@@ -48,6 +49,10 @@ pub struct FleetSpec {
     pub strict: bool,
     /// Worker threads (None: one per core).
     pub threads: Option<usize>,
+    /// Device-level models (`--device-features`): each model `model_<D>_<T>` reads these tags of
+    /// device D per row, aligned by timestamp or window (see [`crate::data::device`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_features: Option<Vec<String>>,
 }
 
 /// Why a whole run could not proceed (per-sensor failures are records, not errors).
@@ -158,6 +163,8 @@ enum SensorData {
     Parsed(Option<Series>),
     /// To be read from `<data>/device=<D>/tag=<T>/*.csv`.
     Partitioned,
+    /// `--device-features`: the device's configured tags, each parsed from the long CSV.
+    Device(Vec<Option<Series>>),
 }
 
 /// What every sensor task shares.
@@ -182,12 +189,39 @@ pub fn is_long_csv(url: &str) -> bool {
 /// Model file extensions, in order of preference when several exist for one sensor.
 const MODEL_EXTS: [&str; 4] = [".json", ".pkl", ".joblib", ""];
 
+/// Scaler sidecar suffixes: `model_<D>_<T>.scaler.pkl` / `.scaler.joblib` holds the fitted
+/// `StandardScaler` of a bare model saved on its own (see scorer/MODEL_FORMAT.md).
+const SCALER_SIDECARS: [&str; 2] = [".scaler.pkl", ".scaler.joblib"];
+
+/// The sensor whose scaler sidecar a file name is, if it is one.
+pub fn scaler_sidecar_sensor(name: &str) -> Option<SensorId> {
+    let stem = SCALER_SIDECARS.iter().find_map(|s| name.strip_suffix(s))?;
+    SensorId::from_model_file_name(stem)
+}
+
 /// Lists the models prefix: each sensor's chosen model object.
 pub async fn list_models(models: &Location) -> Result<BTreeMap<SensorId, Location>, StorageError> {
+    Ok(list_models_and_scalers(models).await?.0)
+}
+
+/// Sensors' model objects and scaler sidecars (a sensor's sidecar is used only with its model).
+type ModelsAndScalers = (BTreeMap<SensorId, Location>, BTreeMap<SensorId, Location>);
+
+/// Lists the models prefix once: each sensor's chosen model object, and its scaler sidecar if any.
+pub async fn list_models_and_scalers(models: &Location) -> Result<ModelsAndScalers, StorageError> {
     let mut found: BTreeMap<SensorId, (usize, String)> = BTreeMap::new();
+    let mut scalers: BTreeMap<SensorId, (usize, String)> = BTreeMap::new();
     for path in models.list().await? {
         let Some(rel) = models.relative(&path) else { continue };
         if rel.contains('/') {
+            continue;
+        }
+        if let Some(sensor) = scaler_sidecar_sensor(&rel) {
+            // .scaler.pkl before .scaler.joblib, like the models' own order.
+            let rank = SCALER_SIDECARS.iter().position(|s| rel.ends_with(s)).unwrap_or(SCALER_SIDECARS.len());
+            if scalers.get(&sensor).is_none_or(|(r, _)| rank < *r) {
+                scalers.insert(sensor, (rank, rel));
+            }
             continue;
         }
         let Some(sensor) = SensorId::from_model_file_name(&rel) else { continue };
@@ -202,7 +236,8 @@ pub async fn list_models(models: &Location) -> Result<BTreeMap<SensorId, Locatio
             }
         }
     }
-    Ok(found.into_iter().map(|(s, (_, rel))| (s, models.child(&rel))).collect())
+    let pick = |m: BTreeMap<SensorId, (usize, String)>| m.into_iter().map(|(s, (_, rel))| (s, models.child(&rel))).collect();
+    Ok((pick(found), pick(scalers)))
 }
 
 /// Scores a fleet; `on_sensor_done` is called once per sensor as soon as its record is final.
@@ -224,7 +259,7 @@ pub async fn score_fleet(
     let data = open(&spec.data)?;
     let out = open(&spec.output)?;
 
-    let available = list_models(&models).await?;
+    let (available, scalers) = list_models_and_scalers(&models).await?;
     let sensors: Vec<SensorId> = match &spec.sensors {
         SensorSelection::All => available.keys().cloned().collect(),
         SensorSelection::List(list) => {
@@ -239,6 +274,9 @@ pub async fn score_fleet(
         }));
     }
 
+    if spec.device_features.is_some() && !is_long_csv(&spec.data) {
+        return Err(FleetError::Config("--device-features needs the data as one long CSV".into()));
+    }
     let mut summary = FleetSummary { sensors: sensors.len(), ..FleetSummary::default() };
     let mut parsed: BTreeMap<SensorId, Series> = BTreeMap::new();
     let mut pool = pool;
@@ -249,8 +287,12 @@ pub async fn score_fleet(
         summary.data_read_ms = ms(t);
         summary.data_bytes = buf.len() as u64;
         let t = Instant::now();
-        let select: HashSet<SensorId> = sensors.iter().cloned().collect();
-        let parse_time = spec.aggregation.is_some();
+        let select: HashSet<SensorId> = match &spec.device_features {
+            None => sensors.iter().cloned().collect(),
+            Some(tags) => sensors.iter().flat_map(|s| tags.iter().map(|t| SensorId::new(s.device.clone(), t.clone()))).collect(),
+        };
+        // Device rows are aligned by time, so times are parsed for them too.
+        let parse_time = spec.aggregation.is_some() || spec.device_features.is_some();
         let file = spec.data.clone();
         let (result, back) = tokio::task::spawn_blocking(move || {
             let opts = CsvOptions { strict: false, parse_time, select: Some(&select) };
@@ -268,6 +310,7 @@ pub async fn score_fleet(
         }
         parsed = p.sensors;
     }
+    let available = (available, scalers);
     run_sensors(spec, sensors, available, parsed, data, out, pool, summary, start, on_sensor_done).await
 }
 
@@ -275,7 +318,7 @@ pub async fn score_fleet(
 async fn run_sensors(
     spec: &FleetSpec,
     sensors: Vec<SensorId>,
-    available: BTreeMap<SensorId, Location>,
+    available: ModelsAndScalers,
     mut parsed: BTreeMap<SensorId, Series>,
     data: Location,
     out: Location,
@@ -288,10 +331,17 @@ async fn run_sensors(
     let threads = pool.current_num_threads();
     let ctx = Arc::new(Ctx { spec: spec.clone(), data, out, pool, parallel_rows: sensors.len() == 1 });
     let tasks = sensors.into_iter().map(|sensor| {
-        let model = available.get(&sensor).cloned();
-        let input = if long { SensorData::Parsed(parsed.remove(&sensor)) } else { SensorData::Partitioned };
+        let model = available.0.get(&sensor).cloned();
+        let scaler = available.1.get(&sensor).cloned();
+        let input = match (&spec.device_features, long) {
+            (Some(tags), _) => SensorData::Device(
+                tags.iter().map(|t| parsed.get(&SensorId::new(sensor.device.clone(), t.clone())).cloned()).collect(),
+            ),
+            (None, true) => SensorData::Parsed(parsed.remove(&sensor)),
+            (None, false) => SensorData::Partitioned,
+        };
         let ctx = ctx.clone();
-        async move { score_sensor(&ctx, sensor, model, input).await }
+        async move { score_sensor(&ctx, sensor, (model, scaler), input).await }
     });
     // Mostly I/O (object store GET/PUT) per task; CPU work is bounded by the rayon pool.
     let mut stream = futures::stream::iter(tasks).buffer_unordered((threads * 16).max(64));
@@ -331,7 +381,7 @@ struct Scored {
     format_ms: f64,
 }
 
-async fn score_sensor(ctx: &Ctx, sensor: SensorId, model: Option<Location>, input: SensorData) -> SensorRecord {
+async fn score_sensor(ctx: &Ctx, sensor: SensorId, model: (Option<Location>, Option<Location>), input: SensorData) -> SensorRecord {
     let spec = &ctx.spec;
     let mut rec = SensorRecord::new(&spec.run_id, &sensor);
     if let Err(e) = score_into(ctx, &sensor, model, input, &mut rec).await {
@@ -351,7 +401,7 @@ async fn score_sensor(ctx: &Ctx, sensor: SensorId, model: Option<Location>, inpu
 async fn score_into(
     ctx: &Ctx,
     sensor: &SensorId,
-    model: Option<Location>,
+    (model, scaler): (Option<Location>, Option<Location>),
     input: SensorData,
     rec: &mut SensorRecord,
 ) -> Result<(), String> {
@@ -362,8 +412,17 @@ async fn score_into(
     rec.model = Some(model.url.clone());
     let t = Instant::now();
     let model_bytes = model.get().await.map_err(|e| format!("reading the model: {e}"))?;
+    let scaler_bytes = match &scaler {
+        Some(s) => Some(s.get().await.map_err(|e| format!("reading the scaler sidecar {}: {e}", s.url))?),
+        None => None,
+    };
     let mut parts: Vec<(String, Bytes)> = Vec::new();
+    let mut device = None;
     let series = match input {
+        SensorData::Device(tags) => {
+            device = Some(tags);
+            Some(Series::default())
+        }
         SensorData::Parsed(series) => Some(series.ok_or_else(|| format!("no readings in {}", spec.data))?),
         SensorData::Partitioned => {
             let dir = ctx.data.child(&format!(
@@ -391,9 +450,15 @@ async fn score_into(
     let aggregation = spec.aggregation.clone();
     let strict = spec.strict;
     let parallel = ctx.parallel_rows;
-    let model_name = model.url.clone();
+    let device_tags = spec.device_features.clone().unwrap_or_default();
+    let model_name = match &scaler {
+        Some(s) => format!("{} with scaler {}", model.url, s.url),
+        None => model.url.clone(),
+    };
     ctx.pool.spawn(move || {
-        let r = score_cpu(&sensor_c, &model_name, &model_bytes, series, parts, aggregation.as_ref(), strict, parallel);
+        let bytes = (&model_bytes[..], scaler_bytes.as_deref());
+        let device = device.map(|series| (device_tags, series));
+        let r = score_cpu(&sensor_c, &model_name, bytes, (series, device), parts, aggregation.as_ref(), strict, parallel);
         let _ = tx.send(r);
     });
     let scored = rx.await.map_err(|_| "the scoring task stopped unexpectedly".to_string())?;
@@ -417,21 +482,28 @@ async fn score_into(
     Ok(())
 }
 
+/// `--device-features`: the configured tags and each one's series on this device.
+type DeviceInput = (Vec<String>, Vec<Option<Series>>);
+
 /// Parses the model (and partitioned data), aggregates, scores and formats one sensor.
 /// On error, returns the skipped-row count so far with the message.
 #[allow(clippy::too_many_arguments)] // internal worker with plain inputs
 fn score_cpu(
     sensor: &SensorId,
     model_name: &str,
-    model_bytes: &[u8],
-    series: Option<Series>,
+    (model_bytes, scaler_bytes): (&[u8], Option<&[u8]>),
+    (series, device): (Option<Series>, Option<DeviceInput>),
     parts: Vec<(String, Bytes)>,
     aggregation: Option<&Aggregation>,
     strict: bool,
     parallel: bool,
 ) -> Result<Scored, (usize, String)> {
     let t = Instant::now();
-    let model = Model::from_bytes(model_bytes).map_err(|e| (0, format!("loading {model_name}: {e}")))?;
+    let model = match scaler_bytes {
+        None => Model::from_bytes(model_bytes),
+        Some(scaler) => Model::from_bytes_with_scaler(model_bytes, scaler),
+    }
+    .map_err(|e| (0, format!("loading {model_name}: {e}")))?;
     let series = match series {
         Some(s) => s,
         None => {
@@ -455,22 +527,39 @@ fn score_cpu(
         return Err((skipped, format!("--strict: {issue}")));
     }
     let d = model.n_features();
-    let (x, ts_windows) = match aggregation {
-        None => {
+    let (x, ts_windows, ts_text) = match (&device, aggregation) {
+        (Some((tags, tag_series)), _) => {
+            let refs: Vec<Option<&Series>> = tag_series.iter().map(Option::as_ref).collect();
+            // A model fitted on a DataFrame of raw tag columns names them: the order must match.
+            if let (Some(names), None) = (model.feature_names(), aggregation)
+                && names != tags.as_slice()
+            {
+                let msg = format!(
+                    "{model_name} was fitted on features {} but --device-features gives {}",
+                    names.join(","),
+                    tags.join(",")
+                );
+                return Err((skipped, msg));
+            }
+            let rows = device_rows(&sensor.device, tags, &refs, aggregation).map_err(|e| (skipped, e.to_string()))?;
+            (rows.x, None, Some(rows.ts))
+        }
+        (None, None) => {
             let x = ArrayView2::from_shape((series.len(), 1), &series.values)
                 .map_err(|e| (skipped, e.to_string()))?
                 .to_owned();
-            (x, None)
+            (x, None, None)
         }
-        Some(agg) => {
+        (None, Some(agg)) => {
             let w = aggregate(agg, &series.time_ms, &series.values);
-            (w.x, Some(w.start_ms))
+            (w.x, Some(w.start_ms), None)
         }
     };
     if x.ncols() != d {
-        let how = match aggregation {
-            None => "raw values give 1 feature; use --aggregate/--features to match the model".to_string(),
-            Some(a) => format!("--features {} gives {}", a.features_text(), a.features.len()),
+        let how = match (&device, aggregation) {
+            (Some((tags, _)), _) => format!("--device-features {} gives {}", tags.join(","), x.ncols()),
+            (None, None) => "raw values give 1 feature; use --aggregate/--features to match the model".to_string(),
+            (None, Some(a)) => format!("--features {} gives {}", a.features_text(), a.features.len()),
         };
         return Err((skipped, format!("{model_name} expects {d} feature(s) per row but {how}")));
     }
@@ -485,12 +574,13 @@ fn score_cpu(
     let mut w = PredsWriter::new(sensor, rows);
     let mut anomalies = 0;
     for (i, &dec) in decisions.iter().enumerate() {
-        let anomaly = is_anomaly(dec);
+        let anomaly = model.is_anomaly(dec);
         anomalies += usize::from(anomaly);
         let val = x[[i, 0]];
-        match &ts_windows {
-            None => w.row(series.ts_bytes(i), val, anomaly, dec),
-            Some(starts) => w.row(format_ms(starts[i]).as_bytes(), val, anomaly, dec),
+        match (&ts_windows, &ts_text) {
+            (_, Some(ts)) => w.row(ts[i].as_bytes(), val, anomaly, dec),
+            (None, None) => w.row(series.ts_bytes(i), val, anomaly, dec),
+            (Some(starts), None) => w.row(format_ms(starts[i]).as_bytes(), val, anomaly, dec),
         }
     }
     Ok(Scored { preds: w.finish(), rows, anomalies, skipped, parse_ms, score_ms, format_ms: ms(t) })
@@ -537,6 +627,14 @@ pub async fn read_readings(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scaler_sidecars_are_recognised_and_not_taken_for_models() {
+        assert_eq!(scaler_sidecar_sensor("model_3_7.scaler.pkl"), Some(SensorId::new("3", "7")));
+        assert_eq!(scaler_sidecar_sensor("model_3_7.scaler.joblib"), Some(SensorId::new("3", "7")));
+        assert_eq!(scaler_sidecar_sensor("model_3_7.pkl"), None);
+        assert_eq!(SensorId::from_model_file_name("model_3_7.scaler.pkl"), None);
+    }
 
     #[test]
     fn long_csv_urls_are_told_from_partitioned_prefixes() {

@@ -85,6 +85,10 @@ struct ScoreArgs {
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Device-level models: each model_<D>_<T> reads these tags of device D per row, aligned by
+    /// timestamp (or by --aggregate window: each tag's --features in turn). Long CSV only.
+    #[arg(long, value_name = "TAG,...", value_delimiter = ',')]
+    device_features: Option<Vec<String>>,
     /// Progress bar on stderr (auto: only on a terminal).
     #[arg(long, value_enum, default_value_t = Progress::Auto)]
     progress: Progress,
@@ -291,7 +295,11 @@ async fn score(a: ScoreArgs) -> Result<ExitCode, Failure> {
         aggregation,
         strict: a.strict,
         threads: a.threads,
+        device_features: a.device_features,
     };
+    if spec.device_features.as_ref().is_some_and(|t| t.is_empty() || t.iter().any(|t| t.is_empty())) {
+        return Err(Failure::usage(anyhow!("--device-features needs a comma-separated list of tags")));
+    }
     let tty = std::io::stderr().is_terminal();
     let show_bar = match a.progress {
         Progress::Always => true,
@@ -526,14 +534,33 @@ async fn inspect(a: InspectArgs) -> Result<ExitCode, Failure> {
     if let Some(t) = &info.trained_by {
         println!("trained by       {t}");
     }
-    println!("kernel           {}", info.kernel.name());
+    println!("estimator        {}", info.estimator);
     println!("features         {}", info.n_features);
-    println!("support vectors  {}", info.n_support_vectors);
-    println!("gamma            {}", info.gamma);
+    if let Some(names) = &info.feature_names {
+        println!("feature names    {}", names.join(", "));
+    }
+    if let Some(k) = info.kernel {
+        println!("kernel           {}", k.name());
+        println!("support vectors  {}", info.n_support_vectors);
+    }
+    if let Some(g) = info.gamma {
+        println!("gamma            {g}");
+    }
     if let Some(nu) = info.nu {
         println!("nu               {nu}");
     }
-    println!("intercept        {}", info.intercept);
+    if let Some(i) = info.intercept {
+        println!("intercept        {i}");
+    }
+    if let Some(n) = info.n_estimators {
+        println!("trees            {n}");
+    }
+    if let Some(m) = info.max_samples {
+        println!("max samples      {m}");
+    }
+    if let Some(o) = info.offset {
+        println!("offset           {o}");
+    }
     match info.scaler {
         Some(s) => println!("scaler           StandardScaler(with_mean={}, with_std={})", s.with_mean, s.with_std),
         None => println!("scaler           none"),

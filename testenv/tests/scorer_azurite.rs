@@ -107,6 +107,7 @@ async fn a_fleet_scored_from_azure_blob_writes_predictions_and_logs_back_to_it()
         aggregation: None,
         strict: false,
         threads: Some(2),
+        device_features: None,
     };
     let summary = score_fleet(&spec, |_| {}).await.unwrap();
     assert!(summary.all_succeeded(), "{}", summary.render());

@@ -178,6 +178,7 @@ pub fn fleet_spec(run: &ScoringRun, opts: &LocalOptions) -> Result<FleetSpec, Lo
                 .threads
                 .and_then(|t| usize::try_from(t).ok())
         }),
+        device_features: None,
     })
 }
 

@@ -196,6 +196,7 @@ fn main() -> anyhow::Result<()> {
         aggregation: None,
         strict: false,
         threads: args.threads,
+        device_features: None,
     };
     let t = Instant::now();
     let summary = runtime.block_on(score_fleet(&fleet, |_| {}))?;

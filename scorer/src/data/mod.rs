@@ -3,6 +3,7 @@
 
 pub mod aggregate;
 pub mod csv;
+pub mod device;
 pub mod generate;
 pub mod partition;
 pub mod time;

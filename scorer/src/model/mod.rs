@@ -1,16 +1,21 @@
-//! One-class SVM models as scikit-learn fits them: an optional `StandardScaler` in front of a
-//! `OneClassSVM`. Models load from scikit-learn pickles (read as data, never executed), joblib
-//! files, or fleetscore's native JSON format, and score with [`crate::kernel`], which reproduces
-//! scikit-learn's `decision_function` to within 1e-9.
+//! Anomaly models as scikit-learn fits them: an optional `StandardScaler` in front of a
+//! `OneClassSVM` or an `IsolationForest`. Models load from scikit-learn pickles (read as data,
+//! never executed), joblib files, or fleetscore's native JSON format (SVMs only), and score
+//! with [`crate::kernel`] (SVM) or [`iforest`], which reproduce scikit-learn's
+//! `decision_function` to within 1e-9.
 //!
 //! The contract other parts rely on (C2): [`Model::from_bytes`], [`Model::n_features`],
-//! [`Model::decision_function`] (anomaly iff decision <= 0.0, see [`is_anomaly`]),
-//! [`Model::to_native_bytes`], [`Model::info`] and [`train::train`].
+//! [`Model::decision_function`] (anomaly per [`Model::is_anomaly`]: decision <= 0.0 for SVMs,
+//! see [`is_anomaly`], < 0.0 for forests), [`Model::feature_names`], [`Model::to_native_bytes`],
+//! [`Model::info`] and [`train::train`].
 
+pub mod iforest;
 pub mod native;
 pub mod pickle;
 pub mod sklearn;
 pub mod train;
+
+pub use iforest::IsolationForest;
 
 use ndarray::{Array1, Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
@@ -46,6 +51,17 @@ pub enum ModelError {
         /// The offending field, e.g. `support_vectors` or `scaler.scale`.
         field: &'static str,
         /// What is wrong with it.
+        reason: String,
+    },
+    /// An IsolationForest is inconsistent (a tree that would not terminate, a bad feature index).
+    #[error("invalid IsolationForest: {0}")]
+    Forest(#[from] iforest::ForestError),
+    /// A model part given separately (a scaler sidecar) does not fit the model.
+    #[error("combining the model with {part}: {reason}")]
+    Parts {
+        /// Which part, e.g. `the scaler file`.
+        part: &'static str,
+        /// What is wrong.
         reason: String,
     },
     /// The input rows have another number of features than the model.
@@ -161,9 +177,16 @@ pub enum SourceFormat {
 impl std::fmt::Display for SourceFormat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SourceFormat::SklearnPickle { protocol: Some(p) } => write!(f, "sklearn-pickle protocol {p}"),
-            SourceFormat::SklearnPickle { protocol: None } => write!(f, "sklearn-pickle protocol 0-1"),
-            SourceFormat::Joblib { protocol, compression } => {
+            SourceFormat::SklearnPickle { protocol: Some(p) } => {
+                write!(f, "sklearn-pickle protocol {p}")
+            }
+            SourceFormat::SklearnPickle { protocol: None } => {
+                write!(f, "sklearn-pickle protocol 0-1")
+            }
+            SourceFormat::Joblib {
+                protocol,
+                compression,
+            } => {
                 write!(f, "joblib")?;
                 if let Some(c) = compression {
                     write!(f, " {c}")?;
@@ -193,22 +216,41 @@ pub struct ModelMeta {
 /// A serialisable summary of a model (`inspect-model`, log records).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
-    /// Kernel name.
-    pub kernel: KernelKind,
-    /// Number of support vectors.
+    /// The estimator class: `OneClassSVM` or `IsolationForest`.
+    pub estimator: String,
+    /// Kernel name (SVMs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelKind>,
+    /// Number of support vectors (0 for forests).
     pub n_support_vectors: usize,
     /// Number of input features.
     pub n_features: usize,
-    /// Fitted gamma.
-    pub gamma: f64,
-    /// coef0 (poly, sigmoid).
-    pub coef0: f64,
-    /// Degree (poly).
-    pub degree: u32,
+    /// Feature names the model was fitted with (`feature_names_in_`), if recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature_names: Option<Vec<String>>,
+    /// Fitted gamma (SVMs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gamma: Option<f64>,
+    /// coef0 (poly, sigmoid; SVMs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coef0: Option<f64>,
+    /// Degree (poly; SVMs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degree: Option<u32>,
     /// nu, if known.
     pub nu: Option<f64>,
-    /// Decision intercept.
-    pub intercept: f64,
+    /// Decision intercept (SVMs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intercept: Option<f64>,
+    /// Number of trees (forests only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_estimators: Option<usize>,
+    /// `max_samples_` (forests only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_samples: Option<f64>,
+    /// `offset_` (forests only): decision = score_samples - offset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<f64>,
     /// Whether a StandardScaler runs first, and which of its steps.
     pub scaler: Option<ScalerInfo>,
     /// Source format, e.g. "sklearn-pickle protocol 3".
@@ -228,18 +270,53 @@ pub struct ScalerInfo {
     pub with_std: bool,
 }
 
+/// The estimator behind the optional scaler.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Estimator {
+    /// A one-class SVM.
+    OneClassSvm(OneClassSvm),
+    /// An isolation forest.
+    IsolationForest(IsolationForest),
+}
+
+impl Estimator {
+    /// scikit-learn's class name.
+    pub fn class_name(&self) -> &'static str {
+        match self {
+            Estimator::OneClassSvm(_) => "OneClassSVM",
+            Estimator::IsolationForest(_) => "IsolationForest",
+        }
+    }
+
+    /// Features per input row.
+    pub fn n_features(&self) -> usize {
+        match self {
+            Estimator::OneClassSvm(s) => s.support_vectors.ncols(),
+            Estimator::IsolationForest(f) => f.n_features,
+        }
+    }
+}
+
 /// A validated model ready to score.
 #[derive(Debug, Clone)]
 pub struct Model {
     scaler: Option<Scaler>,
-    svm: OneClassSvm,
+    estimator: Estimator,
     meta: ModelMeta,
-    kernel: ScoringKernel,
+    /// The SVM laid out for scoring (None for forests).
+    kernel: Option<ScoringKernel>,
+    /// The forest laid out for scoring (None for SVMs).
+    forest: Option<iforest::ForestKernel>,
+    feature_names: Option<Vec<String>>,
 }
 
 impl Model {
-    /// Builds a model after checking shapes and that every number is finite.
-    pub fn new(scaler: Option<Scaler>, svm: OneClassSvm, meta: ModelMeta) -> Result<Model, ModelError> {
+    /// Builds an SVM model after checking shapes and that every number is finite.
+    pub fn new(
+        scaler: Option<Scaler>,
+        svm: OneClassSvm,
+        meta: ModelMeta,
+    ) -> Result<Model, ModelError> {
         let (n_sv, d) = svm.support_vectors.dim();
         let invalid = |field: &'static str, reason: String| ModelError::Invalid { field, reason };
         if d == 0 {
@@ -248,43 +325,89 @@ impl Model {
         if svm.dual_coef.len() != n_sv {
             return Err(invalid(
                 "dual_coef",
-                format!("has {} coefficients for {n_sv} support vectors", svm.dual_coef.len()),
+                format!(
+                    "has {} coefficients for {n_sv} support vectors",
+                    svm.dual_coef.len()
+                ),
             ));
         }
         if let Some(i) = svm.support_vectors.iter().position(|v| !v.is_finite()) {
-            return Err(invalid("support_vectors", format!("element {i} is not finite")));
+            return Err(invalid(
+                "support_vectors",
+                format!("element {i} is not finite"),
+            ));
         }
         if let Some(i) = svm.dual_coef.iter().position(|v| !v.is_finite()) {
             return Err(invalid("dual_coef", format!("element {i} is not finite")));
         }
-        for (field, v) in [("intercept", svm.intercept), ("gamma", svm.gamma), ("coef0", svm.coef0)] {
+        for (field, v) in [
+            ("intercept", svm.intercept),
+            ("gamma", svm.gamma),
+            ("coef0", svm.coef0),
+        ] {
             if !v.is_finite() {
                 return Err(invalid(field, format!("{v} is not finite")));
             }
         }
         if svm.kernel == KernelKind::Rbf && svm.gamma < 0.0 {
-            return Err(invalid("gamma", format!("{} is negative for an rbf kernel", svm.gamma)));
+            return Err(invalid(
+                "gamma",
+                format!("{} is negative for an rbf kernel", svm.gamma),
+            ));
         }
         if let Some(nu) = svm.nu.filter(|nu| !nu.is_finite()) {
             return Err(invalid("nu", format!("{nu} is not finite")));
         }
-        if let Some(s) = &scaler {
-            for (field, v) in [("scaler.mean", &s.mean), ("scaler.scale", &s.scale)] {
-                if let Some(v) = v {
-                    if v.len() != d {
-                        return Err(invalid(field, format!("has {} values for {d} features", v.len())));
-                    }
-                    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                        return Err(invalid(field, format!("element {i} is not finite")));
-                    }
-                }
-            }
-            if let Some(i) = s.scale.iter().flatten().position(|x| *x == 0.0) {
-                return Err(invalid("scaler.scale", format!("element {i} is zero")));
-            }
-        }
+        check_scaler(scaler.as_ref(), d)?;
         let kernel = ScoringKernel::new(scaler.as_ref(), &svm);
-        Ok(Model { scaler, svm, meta, kernel })
+        Ok(Model {
+            scaler,
+            estimator: Estimator::OneClassSvm(svm),
+            meta,
+            kernel: Some(kernel),
+            forest: None,
+            feature_names: None,
+        })
+    }
+
+    /// Builds an IsolationForest model after checking that every tree terminates and indexes
+    /// only existing features.
+    pub fn isolation_forest(
+        scaler: Option<Scaler>,
+        forest: IsolationForest,
+        meta: ModelMeta,
+    ) -> Result<Model, ModelError> {
+        if forest.n_features == 0 {
+            return Err(ModelError::Invalid {
+                field: "n_features_in_",
+                reason: "is zero".into(),
+            });
+        }
+        forest.validate()?;
+        check_scaler(scaler.as_ref(), forest.n_features)?;
+        let kernel = iforest::ForestKernel::new(&forest);
+        Ok(Model {
+            scaler,
+            estimator: Estimator::IsolationForest(forest),
+            meta,
+            kernel: None,
+            forest: Some(kernel),
+            feature_names: None,
+        })
+    }
+
+    /// Records the feature names the model was fitted with (one per feature).
+    pub fn with_feature_names(mut self, names: Option<Vec<String>>) -> Result<Model, ModelError> {
+        if let Some(n) = &names
+            && n.len() != self.n_features()
+        {
+            return Err(ModelError::Invalid {
+                field: "feature_names_in_",
+                reason: format!("has {} names for {} features", n.len(), self.n_features()),
+            });
+        }
+        self.feature_names = names;
+        Ok(self)
     }
 
     /// Reads a model, detecting the format: native JSON, sklearn pickle or joblib file.
@@ -293,48 +416,101 @@ impl Model {
         match first {
             None => Err(ModelError::UnknownFormat("the model file is empty".into())),
             Some(b'{') => native::from_json(bytes),
-            Some(_) => match compressed_kind(bytes) {
-                None => sklearn::model_from_pickle(&pickle::parse(bytes)?),
-                Some(kind @ ("zlib" | "gzip")) => {
-                    // joblib compresses the whole file: inside is an uncompressed joblib stream.
-                    let plain = decompress(kind, bytes, MAX_DECOMPRESSED)?;
-                    let mut model = sklearn::model_from_pickle(&pickle::parse(&plain)?)?;
-                    if let Some(SourceFormat::Joblib { compression, .. }) = &mut model.meta.source {
-                        *compression = Some(kind.to_string());
-                    }
-                    Ok(model)
-                }
-                Some(kind) => Err(ModelError::UnknownFormat(format!(
-                    "{kind}-compressed joblib files are not supported (zlib and gzip are); save with \
-                     joblib.dump(..., compress=3) or pickle.dump"
-                ))),
-            },
+            Some(_) => {
+                let (p, compression) = parse_pickle(bytes)?;
+                let mut model = sklearn::model_from_pickle(&p)?;
+                model.set_compression(compression);
+                Ok(model)
+            }
+        }
+    }
+
+    /// Reads a bare estimator whose `StandardScaler` was saved as a separate file (the layout
+    /// `joblib.dump(scaler, ...)` + `joblib.dump(model, ...)`), and puts the scaler in front.
+    pub fn from_bytes_with_scaler(
+        model_bytes: &[u8],
+        scaler_bytes: &[u8],
+    ) -> Result<Model, ModelError> {
+        let model = Model::from_bytes(model_bytes)?;
+        if model.scaler.is_some() {
+            return Err(ModelError::Parts {
+                part: "the scaler file",
+                reason: "the model already has a StandardScaler in front".into(),
+            });
+        }
+        let (p, _) = parse_pickle(scaler_bytes)?;
+        let (scaler, scaler_names) = sklearn::scaler_from_pickle(&p)?;
+        let d = model.n_features();
+        check_scaler(Some(&scaler), d).map_err(|e| ModelError::Parts {
+            part: "the scaler file",
+            reason: e.to_string(),
+        })?;
+        let names = model.feature_names.clone().or(scaler_names);
+        let Model {
+            estimator, meta, ..
+        } = model;
+        let model = match estimator {
+            Estimator::OneClassSvm(svm) => Model::new(Some(scaler), svm, meta)?,
+            Estimator::IsolationForest(f) => Model::isolation_forest(Some(scaler), f, meta)?,
+        };
+        model.with_feature_names(names)
+    }
+
+    fn set_compression(&mut self, compression: Option<&'static str>) {
+        if let (Some(kind), Some(SourceFormat::Joblib { compression, .. })) =
+            (compression, &mut self.meta.source)
+        {
+            *compression = Some(kind.to_string());
         }
     }
 
     /// Number of input features per row.
     pub fn n_features(&self) -> usize {
-        self.svm.support_vectors.ncols()
+        self.estimator.n_features()
     }
 
-    /// Number of support vectors.
+    /// Number of support vectors (0 for a forest).
     pub fn n_support_vectors(&self) -> usize {
-        self.svm.support_vectors.nrows()
+        match &self.estimator {
+            Estimator::OneClassSvm(s) => s.support_vectors.nrows(),
+            Estimator::IsolationForest(_) => 0,
+        }
+    }
+
+    /// The feature names the model was fitted with (`feature_names_in_` of a model fitted on a
+    /// DataFrame), in column order; `None` when the pickle records none.
+    pub fn feature_names(&self) -> Option<&[String]> {
+        self.feature_names.as_deref()
+    }
+
+    /// Whether a decision of this model marks an anomaly: `decision <= 0` for a OneClassSVM
+    /// (see [`is_anomaly`]); for an IsolationForest `decision < 0` (sklearn's `predict` calls 0
+    /// an inlier), where a decision within [`iforest::tie_band`] below 0 counts as the tie at 0;
+    /// NaN is always an anomaly.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)] // deliberate: NaN must count as an anomaly
+    pub fn is_anomaly(&self, decision: f64) -> bool {
+        match &self.estimator {
+            Estimator::OneClassSvm(_) => is_anomaly(decision),
+            Estimator::IsolationForest(f) => !(decision >= -iforest::tie_band(f.offset)),
+        }
     }
 
     /// scikit-learn's `decision_function` for each row (rows × features), on this thread.
     pub fn decision_function(&self, x: ArrayView2<f64>) -> Result<Array1<f64>, ModelError> {
         self.check_features(x.ncols())?;
-        let mut out = Array1::zeros(x.nrows());
-        self.kernel.decide_into(x, out.as_slice_mut().unwrap_or(&mut []));
-        Ok(out)
+        let mut out = vec![0.0; x.nrows()];
+        self.decide(x, &mut out, false);
+        Ok(Array1::from(out))
     }
 
     /// Like [`Model::decision_function`] but splits rows across rayon's current thread pool.
-    pub fn decision_function_parallel(&self, x: ArrayView2<f64>) -> Result<Array1<f64>, ModelError> {
+    pub fn decision_function_parallel(
+        &self,
+        x: ArrayView2<f64>,
+    ) -> Result<Array1<f64>, ModelError> {
         self.check_features(x.ncols())?;
         let mut out = vec![0.0; x.nrows()];
-        self.kernel.decide_into_parallel(x, &mut out);
+        self.decide(x, &mut out, true);
         Ok(Array1::from(out))
     }
 
@@ -342,30 +518,87 @@ impl Model {
     pub fn decision_into(&self, flat: &[f64], out: &mut [f64]) -> Result<(), ModelError> {
         let d = self.n_features();
         if !flat.len().is_multiple_of(d) || flat.len() / d != out.len() {
-            return Err(ModelError::FeatureMismatch { expected: d, found: flat.len() / out.len().max(1) });
+            return Err(ModelError::FeatureMismatch {
+                expected: d,
+                found: flat.len() / out.len().max(1),
+            });
         }
-        let view = ArrayView2::from_shape((out.len(), d), flat)
-            .map_err(|e| ModelError::Invalid { field: "input", reason: e.to_string() })?;
-        self.kernel.decide_into(view, out);
+        let view =
+            ArrayView2::from_shape((out.len(), d), flat).map_err(|e| ModelError::Invalid {
+                field: "input",
+                reason: e.to_string(),
+            })?;
+        self.decide(view, out, false);
         Ok(())
+    }
+
+    fn decide(&self, x: ArrayView2<f64>, out: &mut [f64], parallel: bool) {
+        match (&self.kernel, &self.forest) {
+            (Some(k), _) => {
+                if parallel {
+                    k.decide_into_parallel(x, out)
+                } else {
+                    k.decide_into(x, out)
+                }
+            }
+            (None, Some(f)) => {
+                // sklearn's StandardScaler.transform: x -= mean_, then x /= scale_, in f64.
+                let scaled = self.scaler.as_ref().map(|s| {
+                    let mut z = x.to_owned();
+                    for mut row in z.rows_mut() {
+                        for (j, v) in row.iter_mut().enumerate() {
+                            if let Some(m) = &s.mean {
+                                *v -= m[j];
+                            }
+                            if let Some(sc) = &s.scale {
+                                *v /= sc[j];
+                            }
+                        }
+                    }
+                    z
+                });
+                let view = match &scaled {
+                    Some(z) => z.view(),
+                    None => x.view(),
+                };
+                if parallel {
+                    f.decide_into_parallel(view, out)
+                } else {
+                    f.decide_into(view, out)
+                }
+            }
+            // Both constructors lay out their estimator.
+            (None, None) => out.fill(f64::NAN),
+        }
     }
 
     fn check_features(&self, found: usize) -> Result<(), ModelError> {
         if found == self.n_features() {
             Ok(())
         } else {
-            Err(ModelError::FeatureMismatch { expected: self.n_features(), found })
+            Err(ModelError::FeatureMismatch {
+                expected: self.n_features(),
+                found,
+            })
         }
     }
 
-    /// The scaler in front of the SVM, if any.
+    /// The scaler in front of the estimator, if any.
     pub fn scaler(&self) -> Option<&Scaler> {
         self.scaler.as_ref()
     }
 
-    /// The SVM.
-    pub fn svm(&self) -> &OneClassSvm {
-        &self.svm
+    /// The estimator.
+    pub fn estimator(&self) -> &Estimator {
+        &self.estimator
+    }
+
+    /// The SVM, when the model is one.
+    pub fn svm(&self) -> Option<&OneClassSvm> {
+        match &self.estimator {
+            Estimator::OneClassSvm(s) => Some(s),
+            Estimator::IsolationForest(_) => None,
+        }
     }
 
     /// Descriptive metadata.
@@ -373,30 +606,86 @@ impl Model {
         &self.meta
     }
 
-    /// Serialises to fleetscore's native JSON format (see `scorer/MODEL_FORMAT.md`).
+    /// Serialises to fleetscore's native JSON format (see `scorer/MODEL_FORMAT.md`); SVMs only.
     pub fn to_native_bytes(&self) -> Result<Vec<u8>, ModelError> {
         native::to_json(self)
     }
 
     /// A serialisable summary.
     pub fn info(&self) -> ModelInfo {
+        let svm = self.svm();
+        let forest = match &self.estimator {
+            Estimator::IsolationForest(f) => Some(f),
+            Estimator::OneClassSvm(_) => None,
+        };
         ModelInfo {
-            kernel: self.svm.kernel,
+            estimator: self.estimator.class_name().to_string(),
+            kernel: svm.map(|s| s.kernel),
             n_support_vectors: self.n_support_vectors(),
             n_features: self.n_features(),
-            gamma: self.svm.gamma,
-            coef0: self.svm.coef0,
-            degree: self.svm.degree,
-            nu: self.svm.nu,
-            intercept: self.svm.intercept,
-            scaler: self
-                .scaler
+            feature_names: self.feature_names.clone(),
+            gamma: svm.map(|s| s.gamma),
+            coef0: svm.map(|s| s.coef0),
+            degree: svm.map(|s| s.degree),
+            nu: svm.and_then(|s| s.nu),
+            intercept: svm.map(|s| s.intercept),
+            n_estimators: forest.map(|f| f.trees.len()),
+            max_samples: forest.map(|f| f.max_samples),
+            offset: forest.map(|f| f.offset),
+            scaler: self.scaler.as_ref().map(|s| ScalerInfo {
+                with_mean: s.mean.is_some(),
+                with_std: s.scale.is_some(),
+            }),
+            source: self
+                .meta
+                .source
                 .as_ref()
-                .map(|s| ScalerInfo { with_mean: s.mean.is_some(), with_std: s.scale.is_some() }),
-            source: self.meta.source.as_ref().unwrap_or(&SourceFormat::InMemory).to_string(),
+                .unwrap_or(&SourceFormat::InMemory)
+                .to_string(),
             sklearn_version: self.meta.sklearn_version.clone(),
             trained_by: self.meta.trained_by.clone(),
         }
+    }
+}
+
+/// Checks a scaler's vectors against the model's feature count: lengths, finite, no zero scale.
+fn check_scaler(scaler: Option<&Scaler>, d: usize) -> Result<(), ModelError> {
+    let invalid = |field: &'static str, reason: String| ModelError::Invalid { field, reason };
+    if let Some(s) = scaler {
+        for (field, v) in [("scaler.mean", &s.mean), ("scaler.scale", &s.scale)] {
+            if let Some(v) = v {
+                if v.len() != d {
+                    return Err(invalid(
+                        field,
+                        format!("has {} values for {d} features", v.len()),
+                    ));
+                }
+                if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                    return Err(invalid(field, format!("element {i} is not finite")));
+                }
+            }
+        }
+        if let Some(i) = s.scale.iter().flatten().position(|x| *x == 0.0) {
+            return Err(invalid("scaler.scale", format!("element {i} is zero")));
+        }
+    }
+    Ok(())
+}
+
+/// Parses a pickle or joblib file, inflating a zlib/gzip-compressed joblib file first;
+/// returns the compression found.
+fn parse_pickle(bytes: &[u8]) -> Result<(pickle::Pickle, Option<&'static str>), ModelError> {
+    match compressed_kind(bytes) {
+        None => Ok((pickle::parse(bytes)?, None)),
+        Some(kind @ ("zlib" | "gzip")) => {
+            // joblib compresses the whole file: inside is an uncompressed joblib stream.
+            let plain = decompress(kind, bytes, MAX_DECOMPRESSED)?;
+            Ok((pickle::parse(&plain)?, Some(kind)))
+        }
+        Some(kind) => Err(ModelError::UnknownFormat(format!(
+            "{kind}-compressed joblib files are not supported (zlib and gzip are); save with \
+             joblib.dump(..., compress=3) or pickle.dump"
+        ))),
     }
 }
 
@@ -414,7 +703,10 @@ fn decompress(kind: &'static str, bytes: &[u8], limit: u64) -> Result<Vec<u8>, M
     reader
         .take(limit + 1)
         .read_to_end(&mut out)
-        .map_err(|e| ModelError::Decompress { kind, reason: e.to_string() })?;
+        .map_err(|e| ModelError::Decompress {
+            kind,
+            reason: e.to_string(),
+        })?;
     if out.len() as u64 > limit {
         let reason = format!("it inflates to more than {} MiB", limit >> 20);
         return Err(ModelError::Decompress { kind, reason });
@@ -431,7 +723,10 @@ fn compressed_kind(bytes: &[u8]) -> Option<&'static str> {
         (b"\xfd7zXZ", "xz"),
         (b"\x04\x22\x4d\x18", "lz4"),
     ];
-    MAGICS.iter().find(|(m, _)| bytes.starts_with(m)).map(|(_, k)| *k)
+    MAGICS
+        .iter()
+        .find(|(m, _)| bytes.starts_with(m))
+        .map(|(_, k)| *k)
 }
 
 #[cfg(test)]
@@ -450,7 +745,10 @@ mod tests {
             intercept: -0.8,
             nu: Some(0.1),
         };
-        let scaler = Scaler { mean: Some(vec![10.0, -2.0]), scale: Some(vec![2.0, 0.5]) };
+        let scaler = Scaler {
+            mean: Some(vec![10.0, -2.0]),
+            scale: Some(vec![2.0, 0.5]),
+        };
         Model::new(Some(scaler), svm, ModelMeta::default()).unwrap()
     }
 
@@ -465,13 +763,25 @@ mod tests {
     #[test]
     fn decisions_match_a_direct_evaluation_for_every_kernel() {
         let x = array![[10.0, -2.0], [11.0, -1.5], [9.0, -2.25], [100.0, 3.0]];
-        for kernel in [KernelKind::Rbf, KernelKind::Linear, KernelKind::Poly, KernelKind::Sigmoid] {
+        for kernel in [
+            KernelKind::Rbf,
+            KernelKind::Linear,
+            KernelKind::Poly,
+            KernelKind::Sigmoid,
+        ] {
             let m = toy_model(kernel);
             let got = m.decision_function(x.view()).unwrap();
             for (r, row) in x.rows().into_iter().enumerate() {
                 let z = [(row[0] - 10.0) / 2.0, (row[1] + 2.0) / 0.5];
                 let mut s = 0.0;
-                for (j, sv) in m.svm().support_vectors.rows().into_iter().enumerate() {
+                for (j, sv) in m
+                    .svm()
+                    .unwrap()
+                    .support_vectors
+                    .rows()
+                    .into_iter()
+                    .enumerate()
+                {
                     let dot = z[0] * sv[0] + z[1] * sv[1];
                     let k = match kernel {
                         KernelKind::Rbf => {
@@ -481,10 +791,14 @@ mod tests {
                         KernelKind::Poly => (0.5 * dot + 0.25).powi(3),
                         KernelKind::Sigmoid => (0.5 * dot + 0.25).tanh(),
                     };
-                    s += m.svm().dual_coef[j] * k;
+                    s += m.svm().unwrap().dual_coef[j] * k;
                 }
                 let want = s - 0.8;
-                assert!((got[r] - want).abs() <= 1e-13 * (1.0 + want.abs()), "{kernel:?} row {r}: {} vs {want}", got[r]);
+                assert!(
+                    (got[r] - want).abs() <= 1e-13 * (1.0 + want.abs()),
+                    "{kernel:?} row {r}: {} vs {want}",
+                    got[r]
+                );
             }
         }
     }
@@ -495,13 +809,16 @@ mod tests {
         let x = Array2::<f64>::zeros((3, 5));
         assert!(matches!(
             m.decision_function(x.view()),
-            Err(ModelError::FeatureMismatch { expected: 2, found: 5 })
+            Err(ModelError::FeatureMismatch {
+                expected: 2,
+                found: 5
+            })
         ));
     }
 
     #[test]
     fn a_model_with_a_non_finite_coefficient_is_rejected_naming_the_field() {
-        let mut svm = toy_model(KernelKind::Rbf).svm().clone();
+        let mut svm = toy_model(KernelKind::Rbf).svm().unwrap().clone();
         svm.dual_coef[1] = f64::NAN;
         let err = Model::new(None, svm, ModelMeta::default()).unwrap_err();
         assert!(err.to_string().contains("dual_coef"), "{err}");
@@ -510,9 +827,17 @@ mod tests {
     #[test]
     fn corrupt_or_unsupported_compressed_files_get_a_clear_error() {
         let err = Model::from_bytes(b"\x78\x9c\x00\x00").unwrap_err();
-        assert!(err.to_string().contains("decompressing the zlib-compressed joblib file"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("decompressing the zlib-compressed joblib file"),
+            "{err}"
+        );
         let err = Model::from_bytes(b"\xfd7zXZ\x00\x00").unwrap_err();
-        assert!(err.to_string().contains("xz-compressed joblib files are not supported"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("xz-compressed joblib files are not supported"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -522,7 +847,13 @@ mod tests {
         enc.write_all(&vec![0u8; (2 << 20) + 1]).unwrap();
         let bomb = enc.finish().unwrap();
         let err = decompress("zlib", &bomb, 2 << 20).unwrap_err();
-        assert!(err.to_string().contains("inflates to more than 2 MiB"), "{err}");
-        assert_eq!(decompress("zlib", &bomb, 3 << 20).map(|v| v.len()).ok(), Some((2 << 20) + 1));
+        assert!(
+            err.to_string().contains("inflates to more than 2 MiB"),
+            "{err}"
+        );
+        assert_eq!(
+            decompress("zlib", &bomb, 3 << 20).map(|v| v.len()).ok(),
+            Some((2 << 20) + 1)
+        );
     }
 }

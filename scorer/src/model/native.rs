@@ -144,7 +144,13 @@ pub fn from_json(bytes: &[u8]) -> Result<Model, ModelError> {
 
 /// Writes a model as a native file (pretty-printed JSON, one support vector per line).
 pub fn to_json(model: &Model) -> Result<Vec<u8>, ModelError> {
-    let svm = model.svm();
+    let Some(svm) = model.svm() else {
+        let class = model.estimator().class_name();
+        return Err(NativeError::Write(format!(
+            "the native format holds OneClassSVMs only, not {class}: keep the pickle"
+        ))
+        .into());
+    };
     let m = NativeModel {
         format: FORMAT.to_string(),
         version: u64::from(VERSION),
@@ -173,7 +179,7 @@ mod tests {
 
     #[test]
     fn every_float_survives_a_round_trip_bit_for_bit() {
-        let mut svm = toy_model(KernelKind::Poly).svm().clone();
+        let mut svm = toy_model(KernelKind::Poly).svm().unwrap().clone();
         // Values whose shortest decimal form is long or near the edges of f64.
         svm.support_vectors[[0, 0]] = 0.1 + 0.2;
         svm.support_vectors[[1, 1]] = 1.0 / 3.0;
@@ -186,11 +192,23 @@ mod tests {
         let model = Model::new(Some(scaler), svm, ModelMeta::default()).unwrap();
         let back = Model::from_bytes(&model.to_native_bytes().unwrap()).unwrap();
         let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(back.svm().kernel, KernelKind::Poly);
-        assert_eq!(bits(back.svm().support_vectors.as_slice().unwrap()), bits(model.svm().support_vectors.as_slice().unwrap()));
-        assert_eq!(bits(&back.svm().dual_coef), bits(&model.svm().dual_coef));
-        assert_eq!(back.svm().gamma.to_bits(), model.svm().gamma.to_bits());
-        assert_eq!(back.svm().intercept.to_bits(), model.svm().intercept.to_bits());
+        assert_eq!(back.svm().unwrap().kernel, KernelKind::Poly);
+        assert_eq!(
+            bits(back.svm().unwrap().support_vectors.as_slice().unwrap()),
+            bits(model.svm().unwrap().support_vectors.as_slice().unwrap())
+        );
+        assert_eq!(
+            bits(&back.svm().unwrap().dual_coef),
+            bits(&model.svm().unwrap().dual_coef)
+        );
+        assert_eq!(
+            back.svm().unwrap().gamma.to_bits(),
+            model.svm().unwrap().gamma.to_bits()
+        );
+        assert_eq!(
+            back.svm().unwrap().intercept.to_bits(),
+            model.svm().unwrap().intercept.to_bits()
+        );
         assert_eq!(back.scaler(), model.scaler());
         assert_eq!(back.info().source, "native v1");
     }

@@ -746,7 +746,8 @@ impl<'a> Vm<'a> {
             _ => None,
         }
         .ok_or_else(|| bad("dtype is not numpy.dtype(...)"))?;
-        let object = descr == "O" || descr == "|O";
+        // numpy names the object dtype `O8` (its pointer size) when pickling it, `O` or `|O` elsewhere.
+        let object = matches!(descr.trim_start_matches(['<', '>', '|', '=']), "O" | "O4" | "O8");
         let itemsize = if object { 0 } else { dtype_itemsize(descr).ok_or_else(|| bad(&format!("unsupported dtype {descr:?}")))? };
         let aligned = view.dict_get(state, "numpy_array_alignment_bytes").is_some_and(|v| v != Value::None);
         Ok((count, itemsize, object, aligned))
@@ -761,7 +762,8 @@ pub fn dtype_itemsize(descr: &str) -> Option<u64> {
     let kind = chars.next()?;
     let size: u64 = chars.as_str().parse().ok()?;
     match kind {
-        'f' | 'i' | 'u' | 'b' | 'c' | 'M' | 'm' => Some(size),
+        // `V<n>`: record arrays such as a fitted tree's `nodes`.
+        'f' | 'i' | 'u' | 'b' | 'c' | 'M' | 'm' | 'V' => Some(size),
         _ => None,
     }
 }

@@ -1,35 +1,50 @@
-//! Turns a parsed pickle ([`super::pickle::Pickle`]) into a [`Model`] when it holds a
-//! scikit-learn `Pipeline(StandardScaler, OneClassSVM)` or a bare `OneClassSVM`, from
-//! scikit-learn 0.19 (2018 module paths, numpy 1.x `_reconstruct` arrays) to today's
-//! (`sklearn.svm._classes`, numpy 2's `numpy._core`, protocol 5 `_frombuffer`, joblib wrappers).
-//! Anything else is an error naming the class found.
+//! Turns a parsed pickle ([`super::pickle::Pickle`]) into a [`Model`] when it holds one of the
+//! scikit-learn layouts found in the wild: a `Pipeline(StandardScaler, OneClassSVM)`, a
+//! `Pipeline(StandardScaler, IsolationForest)`, a bare `OneClassSVM` (also fitted on scipy CSR
+//! input) or `IsolationForest`, or pyod's `OCSVM` / `IForest` wrappers (read through their
+//! `detector_`), from scikit-learn 0.19 (2018 module paths, numpy 1.x `_reconstruct` arrays) to
+//! today's (`sklearn.svm._classes`, numpy 2's `numpy._core`, protocol 5 `_frombuffer`, joblib
+//! wrappers, object arrays such as `feature_names_in_`). Anything else is an error naming the
+//! class found.
 
 use ndarray::Array2;
 
+use super::iforest::{self, IsolationForest, IsolationTree, LEAF, TreeNode};
 use super::pickle::{Obj, Pickle, Value};
 use super::{KernelKind, Model, ModelError, ModelMeta, OneClassSvm, Scaler, SourceFormat};
 
 /// Why a pickle did not hold a supported scikit-learn model.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SklearnError {
-    /// The pickled object is not a Pipeline or OneClassSVM.
-    #[error("expected a scikit-learn Pipeline(StandardScaler, OneClassSVM) or OneClassSVM, found {found}")]
+    /// The pickled object is not a supported model.
+    #[error(
+        "expected a scikit-learn OneClassSVM or IsolationForest (bare, after a StandardScaler in a \
+         Pipeline, or in pyod's OCSVM/IForest), found {found}"
+    )]
     UnsupportedClass {
-        /// The class (or type) found, e.g. `sklearn.ensemble._iforest.IsolationForest` or `dict`.
+        /// The class (or type) found, e.g. `sklearn.neighbors._lof.LocalOutlierFactor` or `dict`.
         found: String,
     },
-    /// A Pipeline step other than StandardScaler before the OneClassSVM.
-    #[error("pipeline step {step:?} is {found}; only StandardScaler then OneClassSVM are supported")]
+    /// A Pipeline step other than StandardScaler before the estimator.
+    #[error(
+        "pipeline step {step:?} is {found}; only StandardScaler then OneClassSVM or IsolationForest are supported"
+    )]
     UnsupportedStep {
         /// The step's name.
         step: String,
         /// Its class.
         found: String,
     },
-    /// A Pipeline whose last step is not a OneClassSVM.
-    #[error("the pipeline's last step is {found}, not a OneClassSVM")]
+    /// A Pipeline whose last step is not a supported estimator.
+    #[error("the pipeline's last step is {found}, not a OneClassSVM or IsolationForest")]
     NoSvm {
         /// What the last step is.
+        found: String,
+    },
+    /// A scaler file that holds something else than a StandardScaler.
+    #[error("expected a scikit-learn StandardScaler in the scaler file, found {found}")]
+    NotAScaler {
+        /// What the file holds.
         found: String,
     },
     /// A fitted attribute is missing.
@@ -53,30 +68,166 @@ pub enum SklearnError {
     /// A kernel other than rbf, linear, poly, sigmoid.
     #[error("OneClassSVM kernel {0:?} is not supported (rbf, linear, poly, sigmoid are)")]
     UnsupportedKernel(String),
-    /// Fitted on a sparse matrix.
-    #[error("OneClassSVM was fitted on sparse input, which is not supported")]
-    Sparse,
+}
+
+/// The estimator found behind the optional scaler.
+enum Est {
+    Svm(OneClassSvm),
+    Forest(IsolationForest),
+}
+
+/// What the pickle holds: scaler, estimator, `_sklearn_version`, `feature_names_in_`.
+struct Parts {
+    scaler: Option<Scaler>,
+    est: Est,
+    version: Option<String>,
+    names: Option<Vec<String>>,
 }
 
 /// Reads the model a pickle holds.
 pub fn model_from_pickle(p: &Pickle) -> Result<Model, ModelError> {
-    let (scaler, svm, version) = match class_of(p, p.root) {
+    let parts = match class_of(p, p.root) {
         Some(("sklearn.pipeline", "Pipeline")) => pipeline(p, p.root)?,
-        Some((m, "OneClassSVM")) if m.starts_with("sklearn.svm") => {
-            let (svm, version) = one_class_svm(p, p.root)?;
-            (None, svm, version)
+        Some((m, "StandardScaler")) if m.starts_with("sklearn.preprocessing") => {
+            return Err(SklearnError::UnsupportedClass {
+                found: format!(
+                    "{} alone (a scaler saved on its own: name it as the model's scaler sidecar, see MODEL_FORMAT.md)",
+                    p.describe(p.root)
+                ),
+            }
+            .into());
         }
-        _ => return Err(SklearnError::UnsupportedClass { found: p.describe(p.root) }.into()),
+        _ => match estimator(p, p.root)? {
+            Some((est, version, names)) => Parts {
+                scaler: None,
+                est,
+                version,
+                names,
+            },
+            None => {
+                return Err(SklearnError::UnsupportedClass {
+                    found: p.describe(p.root),
+                }
+                .into());
+            }
+        },
     };
     let source = if p.joblib {
         SourceFormat::Joblib { protocol: p.protocol, compression: None }
     } else {
         SourceFormat::SklearnPickle { protocol: p.protocol }
     };
-    Model::new(scaler, svm, ModelMeta { source: Some(source), sklearn_version: version, trained_by: None })
+    let meta = ModelMeta {
+        source: Some(source),
+        sklearn_version: parts.version,
+        trained_by: None,
+    };
+    let model = match parts.est {
+        Est::Svm(svm) => Model::new(parts.scaler, svm, meta)?,
+        Est::Forest(f) => Model::isolation_forest(parts.scaler, f, meta)?,
+    };
+    model.with_feature_names(parts.names)
 }
 
-type Parts = (Option<Scaler>, OneClassSvm, Option<String>);
+/// Reads a pickle holding a bare fitted `StandardScaler` (a scaler sidecar file), with the
+/// feature names it was fitted with, if any.
+pub fn scaler_from_pickle(p: &Pickle) -> Result<(Scaler, Option<Vec<String>>), SklearnError> {
+    match class_of(p, p.root) {
+        Some((m, "StandardScaler")) if m.starts_with("sklearn.preprocessing") => Ok((
+            standard_scaler(p, p.root)?,
+            feature_names(p, p.root, "StandardScaler")?,
+        )),
+        _ => Err(SklearnError::NotAScaler {
+            found: p.describe(p.root),
+        }),
+    }
+}
+
+/// A supported estimator (`None` for any other class), with its version and feature names.
+#[allow(clippy::type_complexity)]
+fn estimator(
+    p: &Pickle,
+    v: Value,
+) -> Result<Option<(Est, Option<String>, Option<Vec<String>>)>, SklearnError> {
+    let version = |v: Value| {
+        state_of(p, v)
+            .and_then(|s| p.dict_get(s, "_sklearn_version"))
+            .and_then(|s| p.str(s))
+            .map(String::from)
+    };
+    match class_of(p, v) {
+        Some((m, "OneClassSVM")) if m.starts_with("sklearn.svm") => {
+            let svm = one_class_svm(p, v)?;
+            Ok(Some((
+                Est::Svm(svm),
+                version(v),
+                feature_names(p, v, "OneClassSVM")?,
+            )))
+        }
+        Some((m, "IsolationForest")) if m.starts_with("sklearn.ensemble") => {
+            let f = isolation_forest(p, v)?;
+            Ok(Some((
+                Est::Forest(f),
+                version(v),
+                feature_names(p, v, "IsolationForest")?,
+            )))
+        }
+        // pyod's wrappers keep the fitted sklearn model in `detector_`; pyod's own
+        // decision_function is its negation (bigger = more anomalous), sklearn's is scored here.
+        Some(("pyod.models.ocsvm", "OCSVM")) | Some(("pyod.models.iforest", "IForest")) => {
+            let class = if matches!(class_of(p, v), Some((_, "OCSVM"))) {
+                "pyod OCSVM"
+            } else {
+                "pyod IForest"
+            };
+            let state = state_of(p, v).ok_or(SklearnError::MissingField {
+                class,
+                field: "detector_",
+            })?;
+            let inner = p
+                .dict_get(state, "detector_")
+                .ok_or(SklearnError::MissingField {
+                    class,
+                    field: "detector_",
+                })?;
+            match class_of(p, inner) {
+                Some((m, "OneClassSVM"))
+                    if m.starts_with("sklearn.svm") && class == "pyod OCSVM" =>
+                {
+                    estimator(p, inner)
+                }
+                Some((m, "IsolationForest"))
+                    if m.starts_with("sklearn.ensemble") && class == "pyod IForest" =>
+                {
+                    estimator(p, inner)
+                }
+                _ => Err(bad(
+                    class,
+                    "detector_",
+                    &format!("is {}", p.describe(inner)),
+                )),
+            }
+        }
+        _ => Ok(None),
+    }
+}
+
+/// `feature_names_in_` of a fitted estimator (an object array of str), if present.
+fn feature_names(
+    p: &Pickle,
+    v: Value,
+    class: &'static str,
+) -> Result<Option<Vec<String>>, SklearnError> {
+    let Some(state) = state_of(p, v) else {
+        return Ok(None);
+    };
+    match p.dict_get(state, "feature_names_in_") {
+        None | Some(Value::None) => Ok(None),
+        Some(a) => strings(p, a)
+            .map(Some)
+            .map_err(|r| bad(class, "feature_names_in_", &r)),
+    }
+}
 
 fn pipeline(p: &Pickle, v: Value) -> Result<Parts, SklearnError> {
     const CLASS: &str = "Pipeline";
@@ -84,6 +235,7 @@ fn pipeline(p: &Pickle, v: Value) -> Result<Parts, SklearnError> {
     let steps = p.dict_get(state, "steps").ok_or(SklearnError::MissingField { class: CLASS, field: "steps" })?;
     let steps = p.seq(steps).ok_or_else(|| bad(CLASS, "steps", "is not a list"))?;
     let mut scaler = None;
+    let mut names = None;
     let mut last: Option<Value> = None;
     let mut last_name = String::new();
     for step in steps {
@@ -99,6 +251,8 @@ fn pipeline(p: &Pickle, v: Value) -> Result<Parts, SklearnError> {
             match class_of(p, prev) {
                 Some((m, "StandardScaler")) if m.starts_with("sklearn.preprocessing") && scaler.is_none() => {
                     scaler = Some(standard_scaler(p, prev)?);
+                    // A Pipeline's feature names are its first step's.
+                    names = feature_names(p, prev, "StandardScaler")?;
                 }
                 _ => return Err(SklearnError::UnsupportedStep { step: last_name, found: p.describe(prev) }),
             }
@@ -106,14 +260,25 @@ fn pipeline(p: &Pickle, v: Value) -> Result<Parts, SklearnError> {
         last = Some(est);
         last_name = name;
     }
-    let last = last.ok_or_else(|| SklearnError::NoSvm { found: "nothing (an empty pipeline)".into() })?;
-    match class_of(p, last) {
-        Some((m, "OneClassSVM")) if m.starts_with("sklearn.svm") => {
-            let (svm, inner_version) = one_class_svm(p, last)?;
-            let version = state_of(p, v).and_then(|s| p.dict_get(s, "_sklearn_version")).and_then(|s| p.str(s));
-            Ok((scaler, svm, version.map(String::from).or(inner_version)))
+    let last = last.ok_or_else(|| SklearnError::NoSvm {
+        found: "nothing (an empty pipeline)".into(),
+    })?;
+    match estimator(p, last)? {
+        Some((est, inner_version, inner_names)) => {
+            let version = state_of(p, v)
+                .and_then(|s| p.dict_get(s, "_sklearn_version"))
+                .and_then(|s| p.str(s));
+            let names = if scaler.is_some() { names } else { inner_names };
+            Ok(Parts {
+                scaler,
+                est,
+                version: version.map(String::from).or(inner_version),
+                names,
+            })
         }
-        _ => Err(SklearnError::NoSvm { found: p.describe(last) }),
+        None => Err(SklearnError::NoSvm {
+            found: p.describe(last),
+        }),
     }
 }
 
@@ -139,7 +304,7 @@ fn standard_scaler(p: &Pickle, v: Value) -> Result<Scaler, SklearnError> {
     })
 }
 
-fn one_class_svm(p: &Pickle, v: Value) -> Result<(OneClassSvm, Option<String>), SklearnError> {
+fn one_class_svm(p: &Pickle, v: Value) -> Result<OneClassSvm, SklearnError> {
     const CLASS: &str = "OneClassSVM";
     let state = state_of(p, v).ok_or(SklearnError::MissingField { class: CLASS, field: "support_vectors_" })?;
     let get = |field: &'static str| p.dict_get(state, field);
@@ -147,13 +312,17 @@ fn one_class_svm(p: &Pickle, v: Value) -> Result<(OneClassSvm, Option<String>), 
     let num = |field: &'static str, v: Value| number(p, v).ok_or_else(|| bad(CLASS, field, "is not a number"));
 
     let kernel_v = need("kernel")?;
-    let kernel_name = p.str(kernel_v).ok_or_else(|| SklearnError::UnsupportedKernel(p.describe(kernel_v)))?;
-    let kernel = KernelKind::from_name(kernel_name).ok_or_else(|| SklearnError::UnsupportedKernel(kernel_name.into()))?;
-    if matches!(get("_sparse"), Some(Value::Bool(true)) | Some(Value::Int(1))) {
-        return Err(SklearnError::Sparse);
-    }
+    let kernel_name = p
+        .str(kernel_v)
+        .ok_or_else(|| SklearnError::UnsupportedKernel(p.describe(kernel_v)))?;
+    let kernel = KernelKind::from_name(kernel_name)
+        .ok_or_else(|| SklearnError::UnsupportedKernel(kernel_name.into()))?;
 
-    let sv = array(p, need("support_vectors_")?).map_err(|r| bad(CLASS, "support_vectors_", &r))?;
+    // Fitted on sparse input, support_vectors_ and dual_coef_ are scipy CSR matrices. libsvm's
+    // sparse kernels sum over the non-zero entries in index order, which gives the same sums
+    // as the dense formulas (the skipped terms are exact zeros), so densifying scores exactly.
+    let sv =
+        matrix(p, need("support_vectors_")?).map_err(|r| bad(CLASS, "support_vectors_", &r))?;
     let support_vectors = match sv.shape.as_slice() {
         [n, d] => Array2::from_shape_vec((*n, *d), sv.data).map_err(|e| bad(CLASS, "support_vectors_", &e.to_string()))?,
         s => return Err(bad(CLASS, "support_vectors_", &format!("has shape {s:?}, expected 2-D"))),
@@ -164,7 +333,7 @@ fn one_class_svm(p: &Pickle, v: Value) -> Result<(OneClassSvm, Option<String>), 
         Some(v) => ("_dual_coef_", v),
         None => ("dual_coef_", need("dual_coef_")?),
     };
-    let dual = array(p, coef_v).map_err(|r| bad(CLASS, coef_field, &r))?;
+    let dual = matrix(p, coef_v).map_err(|r| bad(CLASS, coef_field, &r))?;
     if dual.data.len() != n_sv {
         return Err(bad(CLASS, coef_field, &format!("has {} values for {n_sv} support vectors", dual.data.len())));
     }
@@ -204,9 +373,470 @@ fn one_class_svm(p: &Pickle, v: Value) -> Result<(OneClassSvm, Option<String>), 
         None => 3,
     };
     let nu = get("nu").and_then(|v| number(p, v));
-    let version = get("_sklearn_version").and_then(|v| p.str(v)).map(String::from);
-    let svm = OneClassSvm { kernel, gamma, coef0, degree, support_vectors, dual_coef: dual.data, intercept, nu };
-    Ok((svm, version))
+    Ok(OneClassSvm {
+        kernel,
+        gamma,
+        coef0,
+        degree,
+        support_vectors,
+        dual_coef: dual.data,
+        intercept,
+        nu,
+    })
+}
+
+/// Most trees and nodes per tree accepted (far above real forests; bounds the work of loading).
+const MAX_TREES: usize = 1 << 16;
+const MAX_NODES: usize = 1 << 24;
+
+fn isolation_forest(p: &Pickle, v: Value) -> Result<IsolationForest, SklearnError> {
+    const CLASS: &str = "IsolationForest";
+    let state = state_of(p, v).ok_or(SklearnError::MissingField {
+        class: CLASS,
+        field: "estimators_",
+    })?;
+    let get = |field: &'static str| p.dict_get(state, field);
+    let need = |field: &'static str| {
+        get(field).ok_or(SklearnError::MissingField {
+            class: CLASS,
+            field,
+        })
+    };
+    let num = |field: &'static str| -> Result<f64, SklearnError> {
+        number(p, need(field)?).ok_or_else(|| bad(CLASS, field, "is not a number"))
+    };
+    let count = |field: &'static str| -> Result<usize, SklearnError> {
+        let x = num(field)?;
+        if x < 0.0 || x.fract() != 0.0 || x > 1e9 {
+            return Err(bad(CLASS, field, &format!("{x} is not a count")));
+        }
+        Ok(x as usize)
+    };
+    let offset = num("offset_")?;
+    // sklearn ≥ 0.24 records n_features_in_; older releases n_features_.
+    let n_features = if get("n_features_in_").is_some() {
+        count("n_features_in_")?
+    } else {
+        count("n_features_")?
+    };
+    let max_samples = if get("_max_samples").is_some() {
+        num("_max_samples")?
+    } else {
+        num("max_samples_")?
+    };
+    // sklearn reindexes the input columns per tree only when features were subsampled.
+    let max_features = if get("_max_features").is_some() {
+        count("_max_features")?
+    } else {
+        n_features
+    };
+    let subsample = max_features != n_features;
+
+    let trees_v = p
+        .seq(need("estimators_")?)
+        .ok_or_else(|| bad(CLASS, "estimators_", "is not a list"))?;
+    if trees_v.len() > MAX_TREES {
+        return Err(bad(
+            CLASS,
+            "estimators_",
+            &format!("has {} trees (at most {MAX_TREES})", trees_v.len()),
+        ));
+    }
+    let feats_v = p
+        .seq(need("estimators_features_")?)
+        .ok_or_else(|| bad(CLASS, "estimators_features_", "is not a list"))?;
+    if feats_v.len() != trees_v.len() {
+        return Err(bad(
+            CLASS,
+            "estimators_features_",
+            &format!("has {} entries for {} trees", feats_v.len(), trees_v.len()),
+        ));
+    }
+    // Since sklearn 1.3 the per-leaf terms are stored; earlier, computed from the tree as sklearn did.
+    let stored = |field: &'static str| {
+        get(field)
+            .and_then(|v| p.seq(v))
+            .filter(|s| s.len() == trees_v.len())
+    };
+    let (paths, averages) = (
+        stored("_decision_path_lengths"),
+        stored("_average_path_length_per_tree"),
+    );
+
+    let mut trees = Vec::with_capacity(trees_v.len());
+    for (t, (&tree_v, &feat_v)) in trees_v.iter().zip(feats_v).enumerate() {
+        let nodes = tree_nodes(p, tree_v)
+            .map_err(|r| bad(CLASS, "estimators_", &format!("tree {t}: {r}")))?;
+        let n = nodes.left.len();
+        let per_node =
+            |s: Option<&[Value]>, field: &'static str| -> Result<Option<Vec<f64>>, SklearnError> {
+                let Some(s) = s else { return Ok(None) };
+                let a = array(p, s[t]).map_err(|r| bad(CLASS, field, &format!("tree {t}: {r}")))?;
+                if a.data.len() != n {
+                    return Err(bad(
+                        CLASS,
+                        field,
+                        &format!("tree {t}: {} values for {n} nodes", a.data.len()),
+                    ));
+                }
+                Ok(Some(a.data))
+            };
+        let path = match per_node(paths, "_decision_path_lengths")? {
+            Some(v) => v,
+            None => iforest::node_depths(&nodes.left, &nodes.right)
+                .into_iter()
+                .map(|d| d as f64)
+                .collect(),
+        };
+        let average = match per_node(averages, "_average_path_length_per_tree")? {
+            Some(v) => v,
+            None => nodes
+                .n_samples
+                .iter()
+                .map(|n| iforest::average_path_length(*n))
+                .collect(),
+        };
+        let features = if subsample {
+            let f = array(p, feat_v)
+                .map_err(|r| bad(CLASS, "estimators_features_", &format!("tree {t}: {r}")))?;
+            let cols = f
+                .data
+                .iter()
+                .map(|c| {
+                    if *c >= 0.0 && c.fract() == 0.0 && *c < n_features as f64 {
+                        Ok(*c as usize)
+                    } else {
+                        Err(*c)
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|c| {
+                    bad(
+                        CLASS,
+                        "estimators_features_",
+                        &format!("tree {t}: column {c} of {n_features}"),
+                    )
+                })?;
+            Some(cols)
+        } else {
+            None
+        };
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let child = |c: i64| {
+                if c < 0 {
+                    Ok(LEAF)
+                } else {
+                    u32::try_from(c).map_err(|_| c)
+                }
+            };
+            let (left, right) = match (child(nodes.left[i]), child(nodes.right[i])) {
+                (Ok(l), Ok(r)) if (l == LEAF) == (r == LEAF) => (l, r),
+                _ => {
+                    return Err(bad(
+                        CLASS,
+                        "estimators_",
+                        &format!(
+                            "tree {t}: node {i} has children {} and {}",
+                            nodes.left[i], nodes.right[i]
+                        ),
+                    ));
+                }
+            };
+            let node = if left == LEAF {
+                // sklearn: depths += path[leaf] + average[leaf] - 1.0, in that order.
+                TreeNode {
+                    value: (path[i] + average[i]) - 1.0,
+                    left,
+                    right,
+                    feature: 0,
+                    missing_left: false,
+                }
+            } else {
+                let feature = u32::try_from(nodes.feature[i]).map_err(|_| {
+                    bad(
+                        CLASS,
+                        "estimators_",
+                        &format!("tree {t}: node {i} has feature {}", nodes.feature[i]),
+                    )
+                })?;
+                TreeNode {
+                    value: nodes.threshold[i],
+                    left,
+                    right,
+                    feature,
+                    missing_left: nodes.missing_left[i],
+                }
+            };
+            out.push(node);
+        }
+        trees.push(IsolationTree {
+            nodes: out,
+            features,
+        });
+    }
+    Ok(IsolationForest {
+        trees,
+        n_features,
+        max_samples,
+        offset,
+    })
+}
+
+/// The columns of a fitted `sklearn.tree._tree.Tree`'s `nodes` record array that scoring needs.
+struct Nodes {
+    left: Vec<i64>,
+    right: Vec<i64>,
+    feature: Vec<i64>,
+    threshold: Vec<f64>,
+    n_samples: Vec<f64>,
+    missing_left: Vec<bool>,
+}
+
+/// Reads the nodes of one fitted tree (an `ExtraTreeRegressor` whose `tree_` is pickled as
+/// `Tree(n_features, n_classes, n_outputs)` + a state dict holding `nodes` and `node_count`).
+fn tree_nodes(p: &Pickle, est: Value) -> Result<Nodes, String> {
+    let st =
+        state_of(p, est).ok_or_else(|| format!("is {}, not a fitted tree", p.describe(est)))?;
+    let tree = p.dict_get(st, "tree_").ok_or("has no tree_")?;
+    match p.obj(tree) {
+        Some(Obj::Object { class, .. })
+            if p.global(*class)
+                .is_some_and(|(m, n)| m.starts_with("sklearn.tree") && n == "Tree") => {}
+        _ => return Err(format!("tree_ is {}", p.describe(tree))),
+    }
+    let Some(Obj::Object {
+        state: Some(ts), ..
+    }) = p.obj(tree)
+    else {
+        return Err("tree_ has no state".into());
+    };
+    let nodes_v = p.dict_get(*ts, "nodes").ok_or("tree_ has no nodes")?;
+    let rec = records(p, nodes_v)?;
+    if rec.count > MAX_NODES {
+        return Err(format!("{} nodes (at most {MAX_NODES})", rec.count));
+    }
+    let count = p
+        .dict_get(*ts, "node_count")
+        .and_then(|v| number(p, v))
+        .ok_or("tree_ has no node_count")?;
+    if count != rec.count as f64 {
+        return Err(format!("node_count {count} but {} nodes", rec.count));
+    }
+    let int = |name: &str| {
+        rec.column(name)
+            .map(|c| c.iter().map(|x| *x as i64).collect::<Vec<_>>())
+    };
+    Ok(Nodes {
+        left: int("left_child")?,
+        right: int("right_child")?,
+        feature: int("feature")?,
+        threshold: rec.column("threshold")?,
+        n_samples: rec.column("n_node_samples")?,
+        // Before sklearn 1.3 there was no such field: NaN went right (it fails `x <= t`).
+        missing_left: match rec.column("missing_go_to_left") {
+            Ok(c) => c.iter().map(|x| *x != 0.0).collect(),
+            Err(_) => vec![false; rec.count],
+        },
+    })
+}
+
+/// A numpy record array: item count, raw bytes and named fields.
+struct Records {
+    count: usize,
+    itemsize: usize,
+    raw: Vec<u8>,
+    fields: Vec<(String, DType, usize)>,
+}
+
+impl Records {
+    /// One field of every record, as f64 (integer fields are exact below 2^53).
+    fn column(&self, name: &str) -> Result<Vec<f64>, String> {
+        let (_, dt, off) = self
+            .fields
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .ok_or_else(|| format!("no field {name:?}"))?;
+        if off + dt.size > self.itemsize {
+            return Err(format!(
+                "field {name:?} lies outside its {}-byte record",
+                self.itemsize
+            ));
+        }
+        let mut bytes = Vec::with_capacity(self.count * dt.size);
+        for r in self.raw.chunks_exact(self.itemsize) {
+            bytes.extend_from_slice(&r[*off..off + dt.size]);
+        }
+        decode(dt, &bytes)
+    }
+}
+
+/// Reads a structured numpy array (dtype `V<n>` with named fields), from any array layout.
+fn records(p: &Pickle, v: Value) -> Result<Records, String> {
+    let (shape, dtype_v, raw) = raw_array(p, v)?;
+    let Some(Obj::Object {
+        class,
+        args,
+        state: Some(ds),
+        ..
+    }) = p.obj(dtype_v)
+    else {
+        return Err("record dtype without fields".into());
+    };
+    if p.global(*class) != Some(("numpy", "dtype")) {
+        return Err(format!("dtype is {}", p.describe(dtype_v)));
+    }
+    let descr = p
+        .seq(*args)
+        .and_then(|a| a.first().copied())
+        .and_then(|d| p.str(d))
+        .ok_or("dtype without a name")?;
+    let itemsize: usize = descr
+        .trim_start_matches(['<', '>', '|', '='])
+        .strip_prefix('V')
+        .and_then(|s| s.parse().ok())
+        .filter(|s| *s > 0)
+        .ok_or_else(|| format!("dtype {descr:?} is not a record type"))?;
+    // dtype state: (version, byteorder, subarray, names, fields {name: (dtype, offset)}, ...).
+    let st = p.seq(*ds).ok_or("record dtype state is not a tuple")?;
+    let fields_v = *st.get(4).ok_or("record dtype state without fields")?;
+    let Some(Obj::Dict(pairs)) = p.obj(fields_v) else {
+        return Err("record dtype fields are not a dict".into());
+    };
+    let mut fields = Vec::with_capacity(pairs.len());
+    for (k, f) in pairs {
+        let name = p
+            .str(*k)
+            .ok_or("record field name is not a str")?
+            .to_string();
+        let f = p
+            .seq(*f)
+            .filter(|f| f.len() >= 2)
+            .ok_or("record field is not (dtype, offset)")?;
+        let dt = dtype(p, f[0])?;
+        let off = match f[1] {
+            Value::Int(o) if o >= 0 => o as usize,
+            _ => return Err(format!("field {name:?} has a bad offset")),
+        };
+        fields.push((name, dt, off));
+    }
+    let count = shape
+        .iter()
+        .try_fold(1usize, |a, d| a.checked_mul(*d))
+        .ok_or("shape overflows")?;
+    if count.checked_mul(itemsize) != Some(raw.len()) {
+        return Err(format!(
+            "{count} records of {itemsize} bytes but the data has {} bytes",
+            raw.len()
+        ));
+    }
+    Ok(Records {
+        count,
+        itemsize,
+        raw,
+        fields,
+    })
+}
+
+/// A dense matrix from a numpy array or a scipy CSR matrix (`scipy.sparse.csr` before scipy
+/// 1.8, `scipy.sparse._csr` since; `csr_matrix` or `csr_array`).
+fn matrix(p: &Pickle, v: Value) -> Result<NdArray, String> {
+    match class_of(p, v) {
+        Some(("scipy.sparse.csr" | "scipy.sparse._csr", "csr_matrix" | "csr_array")) => {
+            csr_dense(p, v)
+        }
+        Some((m, n)) if m.starts_with("scipy.sparse") => Err(format!(
+            "is a scipy {m}.{n}; only CSR matrices are supported"
+        )),
+        _ => array(p, v),
+    }
+}
+
+/// Densifies a scipy CSR matrix (duplicate entries add up, as in `toarray()`).
+fn csr_dense(p: &Pickle, v: Value) -> Result<NdArray, String> {
+    let st = state_of(p, v).ok_or("CSR matrix without state")?;
+    let shape = shape_of(
+        p,
+        p.dict_get(st, "_shape")
+            .ok_or("CSR matrix without _shape")?,
+    )?;
+    let [rows, cols] = shape[..] else {
+        return Err(format!("CSR matrix of shape {shape:?}"));
+    };
+    let part = |f: &str| -> Result<Vec<f64>, String> {
+        Ok(array(
+            p,
+            p.dict_get(st, f)
+                .ok_or_else(|| format!("CSR matrix without {f}"))?,
+        )?
+        .data)
+    };
+    let (data, indices, indptr) = (part("data")?, part("indices")?, part("indptr")?);
+    let size = rows
+        .checked_mul(cols)
+        .filter(|s| *s <= 1 << 28)
+        .ok_or_else(|| format!("CSR matrix {rows}×{cols} is too large to densify"))?;
+    if indptr.len() != rows + 1
+        || indices.len() != data.len()
+        || indptr.last().copied() != Some(data.len() as f64)
+    {
+        return Err("CSR matrix: indptr, indices and data disagree".into());
+    }
+    let mut dense = vec![0.0; size];
+    for r in 0..rows {
+        let (a, b) = (indptr[r], indptr[r + 1]);
+        if !(a >= 0.0 && a <= b && b <= data.len() as f64) {
+            return Err(format!("CSR matrix: bad indptr at row {r}"));
+        }
+        for k in a as usize..b as usize {
+            let c = indices[k];
+            if !(c >= 0.0 && c < cols as f64) {
+                return Err(format!("CSR matrix: column {c} of {cols}"));
+            }
+            dense[r * cols + c as usize] += data[k];
+        }
+    }
+    Ok(NdArray {
+        shape: vec![rows, cols],
+        data: dense,
+    })
+}
+
+/// The strings of a numpy object array of `str` (how `feature_names_in_` is stored): a
+/// `_reconstruct` array whose BUILD state holds a list of objects instead of raw bytes. In a
+/// joblib file it is a pickle nested after the wrapper, which the reader has already inlined.
+fn strings(p: &Pickle, v: Value) -> Result<Vec<String>, String> {
+    let Some(Obj::Object { class, state, .. }) = p.obj(v) else {
+        return Err(format!("is {}", p.describe(v)));
+    };
+    let (m, n) = p
+        .global(*class)
+        .ok_or_else(|| format!("is {}", p.describe(v)))?;
+    if !(is_numpy(m, "multiarray") && n == "_reconstruct") {
+        return Err(format!("is {}, not a numpy array", p.describe(v)));
+    }
+    let st = state.and_then(|s| p.seq(s)).ok_or("array without state")?;
+    let st = match st.len() {
+        5 => &st[1..],
+        4 => st,
+        l => return Err(format!("array state has {l} items")),
+    };
+    let items = p.seq(st[3]).ok_or("is not an object array")?;
+    let count = shape_of(p, st[0])?.iter().product::<usize>();
+    if count != items.len() {
+        return Err(format!(
+            "shape says {count} items but there are {}",
+            items.len()
+        ));
+    }
+    items
+        .iter()
+        .map(|i| {
+            p.str(*i)
+                .map(String::from)
+                .ok_or_else(|| format!("holds {}", p.describe(*i)))
+        })
+        .collect()
 }
 
 fn bad(class: &'static str, field: &'static str, reason: &str) -> SklearnError {
@@ -377,14 +1007,21 @@ fn shape_of(p: &Pickle, v: Value) -> Result<Vec<usize>, String> {
         .collect()
 }
 
-/// Decodes a numpy array from any of the layouts pickles use.
-pub fn array(p: &Pickle, v: Value) -> Result<NdArray, String> {
-    let (shape, dt, raw, fortran) = match p.obj(v) {
+/// An array's shape, dtype value, raw bytes and Fortran flag, from any of the layouts pickles
+/// use (joblib wrapper, `_reconstruct` + BUILD, protocol 5's `_frombuffer`).
+fn raw_parts(p: &Pickle, v: Value) -> Result<(Vec<usize>, Value, Vec<u8>, bool), String> {
+    match p.obj(v) {
         Some(Obj::JoblibArray { state, data }) => {
-            let shape = shape_of(p, p.dict_get(*state, "shape").ok_or("joblib array without shape")?)?;
-            let dt = dtype(p, p.dict_get(*state, "dtype").ok_or("joblib array without dtype")?)?;
+            let shape = shape_of(
+                p,
+                p.dict_get(*state, "shape")
+                    .ok_or("joblib array without shape")?,
+            )?;
+            let dt = p
+                .dict_get(*state, "dtype")
+                .ok_or("joblib array without dtype")?;
             let fortran = p.dict_get(*state, "order").and_then(|o| p.str(o)) == Some("F");
-            (shape, dt, data.clone(), fortran)
+            Ok((shape, dt, data.clone(), fortran))
         }
         Some(Obj::Object { class, args, state, .. }) => {
             let (m, n) = p.global(*class).ok_or_else(|| format!("is {}", p.describe(v)))?;
@@ -397,25 +1034,50 @@ pub fn array(p: &Pickle, v: Value) -> Result<NdArray, String> {
                     l => return Err(format!("array state has {l} items")),
                 };
                 let fortran = matches!(st[2], Value::Bool(true) | Value::Int(1));
-                let dt = dtype(p, st[1])?;
-                let raw = bytes_of(p, st[3]).ok_or_else(|| format!("array data is {}", p.describe(st[3])))?;
-                (shape_of(p, st[0])?, dt, raw, fortran)
+                let raw = bytes_of(p, st[3])
+                    .ok_or_else(|| format!("array data is {}", p.describe(st[3])))?;
+                Ok((shape_of(p, st[0])?, st[1], raw, fortran))
             } else if is_numpy(m, "numeric") && n == "_frombuffer" {
                 // numpy's protocol-5 layout: _frombuffer(buffer, dtype, shape, order).
                 let a = p.seq(*args).filter(|a| a.len() == 4).ok_or("_frombuffer needs 4 arguments")?;
                 let raw = bytes_of(p, a[0]).ok_or_else(|| format!("array data is {}", p.describe(a[0])))?;
                 let fortran = p.str(a[3]) == Some("F");
-                (shape_of(p, a[2])?, dtype(p, a[1])?, raw, fortran)
-            } else if is_numpy(m, "multiarray") && n == "scalar" {
-                let x = number(p, v).ok_or("unreadable numpy scalar")?;
-                return Ok(NdArray { shape: vec![], data: vec![x] });
+                Ok((shape_of(p, a[2])?, a[1], raw, fortran))
             } else {
-                return Err(format!("is {}, not a numpy array", p.describe(v)));
+                Err(format!("is {}, not a numpy array", p.describe(v)))
             }
         }
-        _ => return Err(format!("is {}, not a numpy array", p.describe(v))),
-    };
-    let count = shape.iter().try_fold(1usize, |a, d| a.checked_mul(*d)).ok_or("shape overflows")?;
+        _ => Err(format!("is {}, not a numpy array", p.describe(v))),
+    }
+}
+
+/// [`raw_parts`] for a C-ordered array (record arrays are never Fortran-ordered in practice).
+fn raw_array(p: &Pickle, v: Value) -> Result<(Vec<usize>, Value, Vec<u8>), String> {
+    let (shape, dt, raw, fortran) = raw_parts(p, v)?;
+    if fortran && shape.len() > 1 {
+        return Err("a Fortran-order record array is not supported".into());
+    }
+    Ok((shape, dt, raw))
+}
+
+/// Decodes a numpy array from any of the layouts pickles use.
+pub fn array(p: &Pickle, v: Value) -> Result<NdArray, String> {
+    if let Some(Obj::Object { class, .. }) = p.obj(v)
+        && p.global(*class)
+            .is_some_and(|(m, n)| is_numpy(m, "multiarray") && n == "scalar")
+    {
+        let x = number(p, v).ok_or("unreadable numpy scalar")?;
+        return Ok(NdArray {
+            shape: vec![],
+            data: vec![x],
+        });
+    }
+    let (shape, dt_v, raw, fortran) = raw_parts(p, v)?;
+    let dt = dtype(p, dt_v)?;
+    let count = shape
+        .iter()
+        .try_fold(1usize, |a, d| a.checked_mul(*d))
+        .ok_or("shape overflows")?;
     if count.checked_mul(dt.size) != Some(raw.len()) {
         return Err(format!("shape {shape:?} needs {count} items but the data has {} bytes", raw.len()));
     }
@@ -449,9 +1111,13 @@ mod tests {
 
     #[test]
     fn another_class_is_rejected_naming_it() {
-        let p = b"\x80\x02csklearn.ensemble._iforest\nIsolationForest\n)\x81}b.";
+        let p = b"\x80\x02csklearn.neighbors._lof\nLocalOutlierFactor\n)\x81}b.";
         let err = Model::from_bytes(p).unwrap_err();
-        assert!(err.to_string().contains("sklearn.ensemble._iforest.IsolationForest"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("sklearn.neighbors._lof.LocalOutlierFactor"),
+            "{err}"
+        );
     }
 
     #[test]
