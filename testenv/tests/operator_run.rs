@@ -935,3 +935,45 @@ async fn a_run_applied_again_after_an_orphaning_delete_never_takes_the_old_jobs_
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_20000_sensor_all_models_list_beyond_a_configmaps_size_is_kept_in_storage_and_read_back()
+{
+    let Some(env) = TestEnv::for_test().await else {
+        return;
+    };
+    install_crds(&env.client).await;
+    env.with_temp_ns(|client, ns| async move {
+        // Hole 7: a sensor list over 1 MiB could not be stored and the run retried for ever.
+        let models = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        for i in 0..20_000 {
+            let device = format!("{:0>60}", i / 10);
+            std::fs::write(models.path().join(format!("model_{device}_t{}.json", i % 10)), b"").unwrap();
+        }
+        let op = Operator::start(&client, &ns);
+        let runs: Api<ScoringRun> = Api::namespaced(client.clone(), &ns);
+        let spec = json!({
+            "sensors": { "allModels": true },
+            "storage": { "models": models.path(), "data": "/nonexistent/parts", "output": out.path() },
+            "parallelism": 1,
+            "podAnnotations": { "kwok.fleetscore.dev/run-for": "1h" },
+        });
+        runs.create(&PostParams::default(), &run("wide", spec)).await.unwrap();
+        let started = |r: &ScoringRun| r.status.as_ref().is_some_and(|s| s.total == 20_000 && s.active == 1);
+        wait_for(&runs, "wide", "list 20,000 sensors", started, TIMEOUT).await.unwrap();
+        let listed = std::fs::read_to_string(out.path().join("wide/sensors.txt")).unwrap();
+        assert_eq!(listed.lines().count(), 20_000);
+        assert!(listed.len() > 1024 * 1024, "the list is beyond a ConfigMap's size");
+        // A restarted operator reads the list back from storage: same run, same counts.
+        op.kill().await;
+        let op = Operator::start(&client, &ns);
+        runs.patch("wide", &PatchParams::default(), &Patch::Merge(&json!({ "spec": { "parallelism": 2 } })))
+            .await
+            .unwrap();
+        let two = |r: &ScoringRun| r.status.as_ref().is_some_and(|s| s.total == 20_000 && s.active == 2);
+        wait_for(&runs, "wide", "run two Jobs after the restart", two, TIMEOUT).await.unwrap();
+        op.kill().await;
+    })
+    .await;
+}
