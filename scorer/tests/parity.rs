@@ -44,24 +44,44 @@ fn make_fixtures() -> Option<tempfile::TempDir> {
         None
     };
     let Some(py) = python() else {
-        return missing("no Python found (set FLEETSCORE_PYTHON or create ~/.cache/fleetscore/venv)".into());
+        return missing(
+            "no Python found (set FLEETSCORE_PYTHON or create ~/.cache/fleetscore/venv)".into(),
+        );
     };
-    let check = Command::new(&py).args(["-c", "import sklearn, joblib, numpy"]).output();
+    let check = Command::new(&py)
+        .args(["-c", "import sklearn, joblib, numpy"])
+        .output();
     match check {
         Ok(o) if o.status.success() => {}
-        Ok(o) => return missing(format!("{} cannot import sklearn: {}", py.display(), String::from_utf8_lossy(&o.stderr))),
+        Ok(o) => {
+            return missing(format!(
+                "{} cannot import sklearn: {}",
+                py.display(),
+                String::from_utf8_lossy(&o.stderr)
+            ));
+        }
         Err(e) => return missing(format!("cannot run {}: {e}", py.display())),
     }
     let dir = tempfile::tempdir().unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/make_fixtures.py");
-    let out = Command::new(&py).arg(&script).arg(dir.path()).output().unwrap();
-    assert!(out.status.success(), "make_fixtures.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(&py)
+        .arg(&script)
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "make_fixtures.py failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Some(dir)
 }
 
 fn read_f64(path: &Path) -> Vec<f64> {
     let b = std::fs::read(path).unwrap();
-    b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
+    b.chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 fn manifest(dir: &Path) -> serde_json::Value {
@@ -94,7 +114,11 @@ fn cases(dir: &Path) -> Vec<Case> {
             let rows = Array2::from_shape_vec((flat.len() / d, d), flat).unwrap();
             let dec = read_f64(&dir.join(format!("{name}.dec.f64")));
             let scale = read_f64(&dir.join(format!("{name}.scale.f64")));
-            let pred = std::fs::read(dir.join(format!("{name}.pred.i8"))).unwrap().into_iter().map(|b| b as i8).collect();
+            let pred = std::fs::read(dir.join(format!("{name}.pred.i8")))
+                .unwrap()
+                .into_iter()
+                .map(|b| b as i8)
+                .collect();
             Case {
                 name,
                 estimator: c["estimator"].as_str().unwrap_or("OneClassSVM").to_string(),
@@ -115,14 +139,22 @@ fn cases(dir: &Path) -> Vec<Case> {
 /// Compares decisions and labels; returns a description of every mismatch.
 fn compare(case: &Case, model: &Model, label: &str, got: &[f64]) -> Vec<String> {
     let mut bad = Vec::new();
-    for (r, (((g, want), p), scale)) in got.iter().zip(&case.dec).zip(&case.pred).zip(&case.scale).enumerate() {
+    for (r, (((g, want), p), scale)) in got
+        .iter()
+        .zip(&case.dec)
+        .zip(&case.pred)
+        .zip(&case.scale)
+        .enumerate()
+    {
         // 1e-9 of the result, plus rounding of a sum that cancels: sklearn's own linear and poly
         // decisions near 0 move by ~1e-16 of the terms' size with the CPU's BLAS kernel.
         let tol = 1e-9 * (want.abs() + case.intercept.abs()) + 1e-12 * scale;
         // Written so that a NaN decision fails too.
         let close = (g - want).abs() <= tol;
         if !close {
-            bad.push(format!("{label} row {r}: decision {g:e} vs sklearn {want:e} (tol {tol:e})"));
+            bad.push(format!(
+                "{label} row {r}: decision {g:e} vs sklearn {want:e} (tol {tol:e})"
+            ));
         }
         if i8::from(model.is_anomaly(*g)) != *p {
             bad.push(format!(
@@ -153,12 +185,18 @@ fn every_pickle_layout_scores_every_row_like_sklearn() {
             let info = model.info();
             let want_source = f["source"].as_str().unwrap();
             if !info.source.starts_with(want_source) {
-                failures.push(format!("{file}: source {:?}, expected {want_source:?}", info.source));
+                failures.push(format!(
+                    "{file}: source {:?}, expected {want_source:?}",
+                    info.source
+                ));
             }
             if let Some(v) = f.get("sklearn_version").and_then(|v| v.as_str())
                 && info.sklearn_version.as_deref() != Some(v)
             {
-                failures.push(format!("{file}: sklearn_version {:?}, expected {v}", info.sklearn_version));
+                failures.push(format!(
+                    "{file}: sklearn_version {:?}, expected {v}",
+                    info.sklearn_version
+                ));
             }
             if info.estimator != case.estimator {
                 failures.push(format!(
@@ -183,7 +221,12 @@ fn every_pickle_layout_scores_every_row_like_sklearn() {
         }
     }
     assert!(checked > 100, "only {checked} model files checked");
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -220,8 +263,14 @@ fn parallel_scoring_equals_serial_scoring() {
 #[test]
 fn data_far_from_zero_keeps_every_label() {
     let Some(dir) = fixtures() else { return };
-    let case = cases(dir).into_iter().find(|c| c.name == "rbf_1d_offset_1e5").unwrap();
-    let model = Model::from_bytes(&std::fs::read(dir.join(case.files[0]["file"].as_str().unwrap())).unwrap()).unwrap();
+    let case = cases(dir)
+        .into_iter()
+        .find(|c| c.name == "rbf_1d_offset_1e5")
+        .unwrap();
+    let model = Model::from_bytes(
+        &std::fs::read(dir.join(case.files[0]["file"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
     let got = model.decision_function(case.rows.view()).unwrap();
     let flips = got
         .iter()
@@ -239,7 +288,10 @@ fn unsupported_pickles_are_rejected_naming_what_they_hold() {
         let file = e["file"].as_str().unwrap();
         let needle = e["needle"].as_str().unwrap();
         let err = Model::from_bytes(&std::fs::read(dir.join(file)).unwrap()).expect_err(file);
-        assert!(err.to_string().contains(needle), "{file}: error {err:?} does not name {needle}");
+        assert!(
+            err.to_string().contains(needle),
+            "{file}: error {err:?} does not name {needle}"
+        );
     }
 }
 
@@ -402,17 +454,27 @@ fn score_applies_a_scaler_sidecar_found_next_to_a_bare_model() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let preds = std::fs::read_to_string(out.path().join("side/preds/preds_7_3.csv")).unwrap();
     let want = read_f64(&dir.join("fleet_sidecar.dec.f64"));
-    let got: Vec<f64> = preds.lines().skip(1).map(|l| l.rsplit(',').next().unwrap().parse().unwrap()).collect();
+    let got: Vec<f64> = preds
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit(',').next().unwrap().parse().unwrap())
+        .collect();
     assert_eq!(got.len(), want.len());
     for (r, (g, w)) in got.iter().zip(&want).enumerate() {
-        assert!((g - w).abs() <= 1e-9 * (1.0 + w.abs()), "row {r}: {g} vs sklearn {w}");
+        assert!(
+            (g - w).abs() <= 1e-9 * (1.0 + w.abs()),
+            "row {r}: {g} vs sklearn {w}"
+        );
     }
     let log = std::fs::read_to_string(out.path().join("side/logs/7_3.json")).unwrap();
     assert!(log.contains("Succeeded"), "{log}");
 }
 
 fn score_cli(args: &[&std::ffi::OsStr]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_fleetscore-scorer")).args(args).output().unwrap()
+    std::process::Command::new(env!("CARGO_BIN_EXE_fleetscore-scorer"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -440,19 +502,32 @@ fn device_features_align_a_devices_tags_into_one_row_per_timestamp() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
     let preds = std::fs::read_to_string(out.path().join("dev/preds/preds_5_all.csv")).unwrap();
     let want = read_f64(&dir.join("device.dec.f64"));
-    let got: Vec<f64> = preds.lines().skip(1).map(|l| l.rsplit(',').next().unwrap().parse().unwrap()).collect();
+    let got: Vec<f64> = preds
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit(',').next().unwrap().parse().unwrap())
+        .collect();
     assert_eq!(got.len(), want.len());
     for (r, (g, w)) in got.iter().zip(&want).enumerate() {
-        assert!((g - w).abs() <= 1e-9 * (1.0 + w.abs()), "row {r}: {g} vs sklearn {w}");
+        assert!(
+            (g - w).abs() <= 1e-9 * (1.0 + w.abs()),
+            "row {r}: {g} vs sklearn {w}"
+        );
     }
     // A tag missing at one timestamp fails the model's sensor, naming the tag and the time.
     let o = run(&dir.join("device_bad.csv"), "bad", "Temp,Pressure,Flow");
     assert!(!o.status.success());
     let log = std::fs::read_to_string(out.path().join("bad/logs/5_all.json")).unwrap();
-    assert!(log.contains("tag Flow has no reading at 2018-08-28 00:00:10.000"), "{log}");
+    assert!(
+        log.contains("tag Flow has no reading at 2018-08-28 00:00:10.000"),
+        "{log}"
+    );
     // Tags in another order than the model was fitted with are refused by its feature names.
     let o = run(&data, "order", "Pressure,Temp,Flow");
     assert!(!o.status.success());
     let log = std::fs::read_to_string(out.path().join("order/logs/5_all.json")).unwrap();
-    assert!(log.contains("fitted on features Temp,Pressure,Flow"), "{log}");
+    assert!(
+        log.contains("fitted on features Temp,Pressure,Flow"),
+        "{log}"
+    );
 }
