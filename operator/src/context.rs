@@ -65,6 +65,12 @@ impl Context {
     /// A context with the given client, metrics and settings.
     pub fn new(client: Client, metrics: Arc<RunMetrics>, config: RunConfig) -> Self {
         let recorder = Recorder::new(client.clone(), Reporter::from(FIELD_MANAGER));
-        Self { client, recorder, metrics, config, ready: Arc::new(AtomicBool::new(false)) }
+        Self {
+            client,
+            recorder,
+            metrics,
+            config,
+            ready: Arc::new(AtomicBool::new(false)),
+        }
     }
 }

@@ -40,7 +40,11 @@ pub const CONTAINER: &str = "scorer";
 
 /// `a/b` with exactly one slash between, keeping a trailing part's own slashes.
 pub fn join_url(base: &str, part: &str) -> String {
-    format!("{}/{}", base.trim_end_matches('/'), part.trim_start_matches('/'))
+    format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        part.trim_start_matches('/')
+    )
 }
 
 /// Where a run's outputs live: `<output>/<run>`.
@@ -50,7 +54,8 @@ pub fn ledger_url(run: &ScoringRun) -> String {
 
 /// True when the run first splits one big CSV into per-sensor parts.
 pub fn needs_prepare(run: &ScoringRun) -> bool {
-    run.spec.storage.partition == PartitionMode::Auto && run.spec.storage.data.to_ascii_lowercase().ends_with(".csv")
+    run.spec.storage.partition == PartitionMode::Auto
+        && run.spec.storage.data.to_ascii_lowercase().ends_with(".csv")
 }
 
 /// The partitioned data prefix a prepare step writes: `<output>/<run>/partitions`.
@@ -68,11 +73,17 @@ pub fn job_name(run: &str, suffix: &str) -> String {
     let hash = fnv1a(run.as_bytes());
     let keep = max.saturating_sub(7);
     let cut: String = run.chars().take(keep).collect();
-    format!("{}-{:06x}-{suffix}", cut.trim_end_matches(['-', '.']), hash & 0xff_ffff)
+    format!(
+        "{}-{:06x}-{suffix}",
+        cut.trim_end_matches(['-', '.']),
+        hash & 0xff_ffff
+    )
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Name of a scoring batch's Job.
@@ -133,7 +144,11 @@ pub fn features_arg(features: &[crate::crd::run::Feature]) -> String {
     if features.is_empty() {
         return "mean".into();
     }
-    features.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(",")
+    features
+        .iter()
+        .map(|f| f.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The prepare step's arguments: partition the one CSV into `<output>/<run>/partitions`.
@@ -167,7 +182,10 @@ fn build_job(
     if let Some(c) = &spec.credentials {
         if let Some(secret) = &c.secret_name {
             env_from = Some(vec![EnvFromSource {
-                secret_ref: Some(SecretEnvSource { name: secret.clone(), optional: Some(false) }),
+                secret_ref: Some(SecretEnvSource {
+                    name: secret.clone(),
+                    optional: Some(false),
+                }),
                 ..Default::default()
             }]);
         }
@@ -180,7 +198,12 @@ fn build_job(
     pod_annotations.extend(annotations.clone());
     let container = Container {
         name: CONTAINER.into(),
-        image: Some(spec.scorer.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.to_string())),
+        image: Some(
+            spec.scorer
+                .image
+                .clone()
+                .unwrap_or_else(|| DEFAULT_IMAGE.to_string()),
+        ),
         image_pull_policy: spec.scorer.image_pull_policy.clone(),
         command: Some(vec!["fleetscore-scorer".into()]),
         args: Some(args),
@@ -211,7 +234,8 @@ fn build_job(
                     containers: vec![container],
                     restart_policy: Some("Never".into()),
                     service_account_name: service_account,
-                    node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
+                    node_selector: (!spec.node_selector.is_empty())
+                        .then(|| spec.node_selector.clone()),
                     tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
                     ..Default::default()
                 }),
@@ -235,14 +259,26 @@ pub fn scoring_job(run: &ScoringRun, batch: i64, sensors: &[SensorRef], data: &s
     }
     let names: Vec<String> = sensors.iter().map(ToString::to_string).collect();
     annotations.insert(SENSORS_ANNOTATION.into(), names.join(","));
-    build_job(run, batch_job_name(&run_name, batch), labels, annotations, score_args(run, data, sensors))
+    build_job(
+        run,
+        batch_job_name(&run_name, batch),
+        labels,
+        annotations,
+        score_args(run, data, sensors),
+    )
 }
 
 /// The prepare Job: partitions the run's one CSV once, so each scoring Job reads only its part.
 pub fn prepare_job(run: &ScoringRun) -> Job {
     let run_name = run.name_any();
     let labels = run_labels(&run_name, ROLE_PREPARE);
-    build_job(run, prepare_job_name(&run_name), labels, BTreeMap::new(), prepare_args(run))
+    build_job(
+        run,
+        prepare_job_name(&run_name),
+        labels,
+        BTreeMap::new(),
+        prepare_args(run),
+    )
 }
 
 /// Operator-wide settings for what a run leaves open (the operator's flags, from Helm values).
@@ -262,9 +298,12 @@ pub struct PodDefaults {
 
 /// Fills a built Job's open settings from operator-wide defaults; what the run sets wins.
 pub fn apply_defaults(mut job: Job, run: &ScoringRun, defaults: &PodDefaults) -> Job {
-    let Some(pod) = job.spec.as_mut().and_then(|s| s.template.spec.as_mut()) else { return job };
+    let Some(pod) = job.spec.as_mut().and_then(|s| s.template.spec.as_mut()) else {
+        return job;
+    };
     if pod.service_account_name.is_none() {
-        pod.service_account_name.clone_from(&defaults.service_account);
+        pod.service_account_name
+            .clone_from(&defaults.service_account);
     }
     if pod.node_selector.is_none() && !defaults.node_selector.is_empty() {
         pod.node_selector = Some(defaults.node_selector.clone());
@@ -272,15 +311,24 @@ pub fn apply_defaults(mut job: Job, run: &ScoringRun, defaults: &PodDefaults) ->
     if pod.tolerations.is_none() && !defaults.tolerations.is_empty() {
         pod.tolerations = Some(defaults.tolerations.clone());
     }
-    let image = defaults.image.as_deref().filter(|_| run.spec.scorer.image.is_none());
-    let secret = defaults.secret.as_deref().filter(|_| run.spec.credentials.is_none());
+    let image = defaults
+        .image
+        .as_deref()
+        .filter(|_| run.spec.scorer.image.is_none());
+    let secret = defaults
+        .secret
+        .as_deref()
+        .filter(|_| run.spec.credentials.is_none());
     for c in &mut pod.containers {
         if let Some(image) = image {
             c.image = Some(image.to_string());
         }
         if let (Some(secret), None) = (secret, &c.env_from) {
             c.env_from = Some(vec![EnvFromSource {
-                secret_ref: Some(SecretEnvSource { name: secret.to_string(), optional: Some(false) }),
+                secret_ref: Some(SecretEnvSource {
+                    name: secret.to_string(),
+                    optional: Some(false),
+                }),
                 ..Default::default()
             }]);
         }
@@ -303,7 +351,9 @@ pub fn batch_of(job: &Job) -> Option<i64> {
 
 /// True when the Job carries the recorded marker.
 pub fn is_marked(job: &Job) -> bool {
-    job.annotations().get(RECORDED_ANNOTATION).is_some_and(|v| v == "true")
+    job.annotations()
+        .get(RECORDED_ANNOTATION)
+        .is_some_and(|v| v == "true")
 }
 
 /// Terminal condition of a Job: `Some(Ok(()))` completed, `Some(Err((reason, message)))` failed,
@@ -337,7 +387,11 @@ pub fn job_state(job: &Job, sensors: &[SensorRef]) -> JobState {
         Some(Err((reason, message))) => JobState::Failed {
             failed: sensors
                 .iter()
-                .map(|s| FailedSensor { sensor: s.to_string(), reason: reason.clone(), message: message.clone() })
+                .map(|s| FailedSensor {
+                    sensor: s.to_string(),
+                    reason: reason.clone(),
+                    message: message.clone(),
+                })
                 .collect(),
         },
     }
@@ -347,8 +401,8 @@ pub fn job_state(job: &Job, sensors: &[SensorRef]) -> JobState {
 mod tests {
     use super::*;
     use crate::crd::run::{CredentialsSpec, ScoringRunSpec, SensorSelector, StorageSpec};
-    use k8s_openapi::api::batch::v1::JobStatus;
     use k8s_openapi::api::batch::v1::JobCondition;
+    use k8s_openapi::api::batch::v1::JobStatus;
 
     fn run() -> ScoringRun {
         let spec: ScoringRunSpec = serde_json::from_value(serde_json::json!({
@@ -366,7 +420,10 @@ mod tests {
     }
 
     fn s(d: &str, t: &str) -> SensorRef {
-        SensorRef { device: d.into(), tag: t.into() }
+        SensorRef {
+            device: d.into(),
+            tag: t.into(),
+        }
     }
 
     #[test]
@@ -381,9 +438,15 @@ mod tests {
         assert_eq!(labels[BATCH_LABEL], "7");
         assert_eq!(labels[MANAGED_BY_LABEL], "fleetscore");
         let owner = &job.metadata.owner_references.clone().unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.controller), ("ScoringRun", Some(true)));
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("ScoringRun", Some(true))
+        );
         let pod = job.spec.as_ref().unwrap().template.clone();
-        assert_eq!(pod.metadata.unwrap().labels.unwrap()["fleetscore.dev/exec"], "local");
+        assert_eq!(
+            pod.metadata.unwrap().labels.unwrap()["fleetscore.dev/exec"],
+            "local"
+        );
         let ps = pod.spec.unwrap();
         assert_eq!(ps.restart_policy.as_deref(), Some("Never"));
         assert_eq!(ps.node_selector.unwrap()["pool"], "scoring");
@@ -393,23 +456,37 @@ mod tests {
             "score --models az://models --data az://preds/nightly/partitions --output az://preds/ \
              --run-id nightly --sensor 1:4 --aggregate 5m --features mean,max --threads 2 --progress never"
         );
-        assert_eq!(ps.containers[0].command.clone().unwrap(), ["fleetscore-scorer"]);
+        assert_eq!(
+            ps.containers[0].command.clone().unwrap(),
+            ["fleetscore-scorer"]
+        );
     }
 
     #[test]
     fn operator_defaults_fill_only_what_the_run_leaves_open() {
-        let toleration = Toleration { key: Some("fleetscore.dev/scoring".into()), effect: Some("NoSchedule".into()), ..Default::default() };
+        let toleration = Toleration {
+            key: Some("fleetscore.dev/scoring".into()),
+            effect: Some("NoSchedule".into()),
+            ..Default::default()
+        };
         let defaults = PodDefaults {
             image: Some("registry/scorer:1".into()),
             secret: Some("storage".into()),
             service_account: Some("scorer".into()),
-            node_selector: BTreeMap::from([("fleetscore.dev/pool".to_string(), "scoring".to_string())]),
+            node_selector: BTreeMap::from([(
+                "fleetscore.dev/pool".to_string(),
+                "scoring".to_string(),
+            )]),
             tolerations: vec![toleration.clone()],
         };
         // The test run sets a node selector and an image: those stay.
         let r = run();
         let pod = |job: Job| job.spec.unwrap().template.spec.unwrap();
-        let ps = pod(apply_defaults(scoring_job(&r, 0, &[s("1", "4")], "d"), &r, &defaults));
+        let ps = pod(apply_defaults(
+            scoring_job(&r, 0, &[s("1", "4")], "d"),
+            &r,
+            &defaults,
+        ));
         assert_eq!(ps.node_selector.unwrap()["pool"], "scoring");
         assert_eq!(ps.tolerations, Some(vec![toleration.clone()]));
         assert_eq!(ps.service_account_name.as_deref(), Some("scorer"));
@@ -419,36 +496,78 @@ mod tests {
         open.spec.node_selector.clear();
         open.spec.scorer.image = None;
         open.spec.credentials = None;
-        let ps = pod(apply_defaults(scoring_job(&open, 0, &[s("1", "4")], "d"), &open, &defaults));
+        let ps = pod(apply_defaults(
+            scoring_job(&open, 0, &[s("1", "4")], "d"),
+            &open,
+            &defaults,
+        ));
         assert_eq!(ps.node_selector.unwrap()["fleetscore.dev/pool"], "scoring");
         assert_eq!(ps.containers[0].image.as_deref(), Some("registry/scorer:1"));
         let env_from = ps.containers[0].env_from.clone().unwrap();
-        assert_eq!(env_from[0].secret_ref.as_ref().map(|r| r.name.as_str()), Some("storage"));
+        assert_eq!(
+            env_from[0].secret_ref.as_ref().map(|r| r.name.as_str()),
+            Some("storage")
+        );
         // No defaults: nothing changes.
-        let ps = pod(apply_defaults(scoring_job(&open, 0, &[s("1", "4")], "d"), &open, &PodDefaults::default()));
+        let ps = pod(apply_defaults(
+            scoring_job(&open, 0, &[s("1", "4")], "d"),
+            &open,
+            &PodDefaults::default(),
+        ));
         assert_eq!((ps.node_selector, ps.tolerations), (None, None));
     }
 
     #[test]
     fn a_packed_job_lists_every_sensor_and_has_no_device_label() {
         let job = scoring_job(&run(), 0, &[s("1", "4"), s("1", "5")], "d");
-        assert!(!job.metadata.labels.clone().unwrap().contains_key(DEVICE_LABEL));
-        let args = job.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap();
+        assert!(
+            !job.metadata
+                .labels
+                .clone()
+                .unwrap()
+                .contains_key(DEVICE_LABEL)
+        );
+        let args = job.spec.unwrap().template.spec.unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap();
         assert_eq!(args.iter().filter(|a| *a == "--sensor").count(), 2);
     }
 
     #[test]
     fn credentials_are_passed_by_reference_only() {
         let mut r = run();
-        r.spec.credentials = Some(CredentialsSpec { secret_name: Some("storage".into()), ..Default::default() });
-        let ps = scoring_job(&r, 0, &[s("1", "4")], "d").spec.unwrap().template.spec.unwrap();
-        let secret = ps.containers[0].env_from.clone().unwrap()[0].secret_ref.clone().unwrap();
+        r.spec.credentials = Some(CredentialsSpec {
+            secret_name: Some("storage".into()),
+            ..Default::default()
+        });
+        let ps = scoring_job(&r, 0, &[s("1", "4")], "d")
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let secret = ps.containers[0].env_from.clone().unwrap()[0]
+            .secret_ref
+            .clone()
+            .unwrap();
         assert_eq!(secret.name, "storage");
-        r.spec.credentials =
-            Some(CredentialsSpec { workload_identity_service_account: Some("scorer".into()), ..Default::default() });
-        let t = scoring_job(&r, 0, &[s("1", "4")], "d").spec.unwrap().template;
-        assert_eq!(t.spec.unwrap().service_account_name.as_deref(), Some("scorer"));
-        assert_eq!(t.metadata.unwrap().labels.unwrap()["azure.workload.identity/use"], "true");
+        r.spec.credentials = Some(CredentialsSpec {
+            workload_identity_service_account: Some("scorer".into()),
+            ..Default::default()
+        });
+        let t = scoring_job(&r, 0, &[s("1", "4")], "d")
+            .spec
+            .unwrap()
+            .template;
+        assert_eq!(
+            t.spec.unwrap().service_account_name.as_deref(),
+            Some("scorer")
+        );
+        assert_eq!(
+            t.metadata.unwrap().labels.unwrap()["azure.workload.identity/use"],
+            "true"
+        );
     }
 
     #[test]
@@ -457,10 +576,20 @@ mod tests {
         assert!(needs_prepare(&r));
         let job = prepare_job(&r);
         assert_eq!(job.metadata.name.as_deref(), Some("nightly-prepare"));
-        let args = job.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap().join(" ");
-        assert_eq!(args, "partition --input az://data/readings.csv --output az://preds/nightly/partitions");
+        let args = job.spec.unwrap().template.spec.unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap()
+            .join(" ");
+        assert_eq!(
+            args,
+            "partition --input az://data/readings.csv --output az://preds/nightly/partitions"
+        );
         let mut r = run();
-        r.spec.storage = StorageSpec { data: "az://data/parts".into(), ..r.spec.storage.clone() };
+        r.spec.storage = StorageSpec {
+            data: "az://data/parts".into(),
+            ..r.spec.storage.clone()
+        };
         assert!(!needs_prepare(&r));
         let _ = SensorSelector::default();
     }

@@ -83,25 +83,37 @@ pub enum Manifest {
 /// Reads every document of a YAML file.
 pub fn read_manifests(path: &Path) -> Result<Vec<Manifest>, LocalError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| LocalError::Read { path: shown.clone(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| LocalError::Read {
+        path: shown.clone(),
+        source,
+    })?;
     parse_manifests(&text, &shown)
 }
 
 /// Parses every document of a YAML text (`path` is for messages).
 pub fn parse_manifests(text: &str, path: &str) -> Result<Vec<Manifest>, LocalError> {
-    let bad = |message: String| LocalError::Manifest { path: path.to_string(), message };
+    let bad = |message: String| LocalError::Manifest {
+        path: path.to_string(),
+        message,
+    };
     let mut out = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(text) {
         let value = serde_yaml::Value::deserialize(doc).map_err(|e| bad(e.to_string()))?;
         if value.is_null() {
             continue;
         }
-        let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
+        let kind = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default()
+            .to_string();
         if kind == "ScoringRun" {
             let run: ScoringRun =
                 serde_yaml::from_value(value).map_err(|e| bad(format!("ScoringRun: {e}")))?;
             if run.metadata.name.as_deref().unwrap_or_default().is_empty() {
-                return Err(bad("ScoringRun: metadata.name is required (it is the run id)".into()));
+                return Err(bad(
+                    "ScoringRun: metadata.name is required (it is the run id)".into(),
+                ));
             }
             out.push(Manifest::Run(Box::new(run)));
         } else if kind.is_empty() {
@@ -119,11 +131,20 @@ pub fn parse_manifests(text: &str, path: &str) -> Result<Vec<Manifest>, LocalErr
 /// The scorer's fleet spec for a run, scoring `sensors` (None: every model under the prefix).
 pub fn fleet_spec(run: &ScoringRun, opts: &LocalOptions) -> Result<FleetSpec, LocalError> {
     let name = run.name_any();
-    let unsupported = |message: &str| LocalError::Unsupported { run: name.clone(), message: message.into() };
+    let unsupported = |message: &str| LocalError::Unsupported {
+        run: name.clone(),
+        message: message.into(),
+    };
     if run.spec.rerun_of.is_some() {
-        return Err(unsupported("rerunOf needs the cluster's record of the earlier run; list the sensors instead"));
+        return Err(unsupported(
+            "rerunOf needs the cluster's record of the earlier run; list the sensors instead",
+        ));
     }
-    let selector = run.spec.sensors.as_ref().ok_or_else(|| unsupported("spec.sensors is required"))?;
+    let selector = run
+        .spec
+        .sensors
+        .as_ref()
+        .ok_or_else(|| unsupported("spec.sensors is required"))?;
     let sensors = match queue::resolve_static(selector) {
         Some(list) => SensorSelection::List(
             list.map_err(|e| unsupported(&e.to_string()))?
@@ -143,12 +164,20 @@ pub fn fleet_spec(run: &ScoringRun, opts: &LocalOptions) -> Result<FleetSpec, Lo
     Ok(FleetSpec {
         models: run.spec.storage.models.clone(),
         data: run.spec.storage.data.clone(),
-        output: opts.output.clone().unwrap_or_else(|| run.spec.storage.output.clone()),
+        output: opts
+            .output
+            .clone()
+            .unwrap_or_else(|| run.spec.storage.output.clone()),
         run_id: name,
         sensors,
         aggregation,
         strict: run.spec.scorer.strict,
-        threads: opts.threads.or_else(|| run.spec.scorer.threads.and_then(|t| usize::try_from(t).ok())),
+        threads: opts.threads.or_else(|| {
+            run.spec
+                .scorer
+                .threads
+                .and_then(|t| usize::try_from(t).ok())
+        }),
     })
 }
 
@@ -159,7 +188,10 @@ pub async fn count_sensors(spec: &FleetSpec) -> Option<usize> {
         SensorSelection::List(list) => Some(list.len()),
         SensorSelection::All => {
             let models = fleetscore_scorer::storage::open(&spec.models).ok()?;
-            fleetscore_scorer::fleet::list_models(&models).await.ok().map(|m| m.len())
+            fleetscore_scorer::fleet::list_models(&models)
+                .await
+                .ok()
+                .map(|m| m.len())
         }
     }
 }
@@ -173,7 +205,10 @@ pub async fn run_local(
     let spec = fleet_spec(run, opts)?;
     let summary = score_fleet(&spec, on_sensor_done)
         .await
-        .map_err(|source| LocalError::Fleet { run: run.name_any(), source: Box::new(source) })?;
+        .map_err(|source| LocalError::Fleet {
+            run: run.name_any(),
+            source: Box::new(source),
+        })?;
     let counts = Counts {
         total: i64::try_from(summary.sensors).unwrap_or(i64::MAX),
         succeeded: i64::try_from(summary.succeeded).unwrap_or(0),
@@ -226,21 +261,36 @@ spec:
     #[test]
     fn a_scoring_run_manifest_becomes_the_scorers_fleet_spec() {
         let docs = parse_manifests(RUN, "run.yaml").unwrap();
-        let Manifest::Run(run) = &docs[0] else { panic!("not a run") };
-        let spec = fleet_spec(run, &LocalOptions { threads: Some(2), output: Some("/tmp/o".into()) }).unwrap();
+        let Manifest::Run(run) = &docs[0] else {
+            panic!("not a run")
+        };
+        let spec = fleet_spec(
+            run,
+            &LocalOptions {
+                threads: Some(2),
+                output: Some("/tmp/o".into()),
+            },
+        )
+        .unwrap();
         assert_eq!(spec.run_id, "local-demo");
         assert_eq!(spec.output, "/tmp/o");
         assert_eq!(spec.threads, Some(2));
-        assert_eq!(spec.sensors, SensorSelection::List(vec![SensorId::new("1", "4"), SensorId::new("2", "4")]));
+        assert_eq!(
+            spec.sensors,
+            SensorSelection::List(vec![SensorId::new("1", "4"), SensorId::new("2", "4")])
+        );
         assert_eq!(spec.aggregation.unwrap().interval_ms, 300_000);
     }
 
     #[test]
     fn other_kinds_are_handed_on_and_nameless_runs_are_refused() {
-        let docs = parse_manifests("kind: ScoringSchedule\nmetadata: {name: s}\n", "s.yaml").unwrap();
+        let docs =
+            parse_manifests("kind: ScoringSchedule\nmetadata: {name: s}\n", "s.yaml").unwrap();
         assert!(matches!(&docs[0], Manifest::Other { kind, .. } if kind == "ScoringSchedule"));
         let nameless = RUN.replace("name: local-demo", "labels: {}");
-        let err = parse_manifests(&nameless, "run.yaml").unwrap_err().to_string();
+        let err = parse_manifests(&nameless, "run.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("metadata.name"), "{err}");
     }
 }

@@ -50,7 +50,12 @@ struct OperatorArgs {
     #[arg(long, env = "FLEETSCORE_NAMESPACE")]
     namespace: Option<String>,
     /// Log format.
-    #[arg(long, env = "FLEETSCORE_LOG_FORMAT", value_enum, default_value = "json")]
+    #[arg(
+        long,
+        env = "FLEETSCORE_LOG_FORMAT",
+        value_enum,
+        default_value = "json"
+    )]
     log_format: LogFormat,
     /// Seconds a finished scoring Job stays after its outcome is recorded (runs may override).
     #[arg(long, env = "FLEETSCORE_FINISHED_JOB_TTL", default_value_t = 0)]
@@ -122,7 +127,10 @@ fn main() -> std::process::ExitCode {
     // cannot pick one and panics at the first TLS client unless one is installed; Err = already set.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("fleetscore: cannot start the async runtime: {e}");
@@ -156,7 +164,9 @@ fn parse_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -178,12 +188,18 @@ async fn metrics_handler(State(state): State<HttpState>) -> (StatusCode, String)
 }
 
 async fn ready_handler(State(state): State<HttpState>) -> (StatusCode, &'static str) {
-    if state.ready.load(Ordering::SeqCst) { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "starting") }
+    if state.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    }
 }
 
 async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
     init_logs(args.log_format);
-    let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes")?;
     let mut registry = Registry::default();
     let metrics = Arc::new(RunMetrics::register(&mut registry));
     let scaler_metrics = scaler::ScalerMetrics::default();
@@ -203,10 +219,16 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         },
         ..RunConfig::default()
     };
-    let scaler_config = args.scaler.config(args.namespace.clone()).context("scaler settings")?;
+    let scaler_config = args
+        .scaler
+        .config(args.namespace.clone())
+        .context("scaler settings")?;
     let ctx = Arc::new(Context::new(client.clone(), metrics, config));
 
-    let state = HttpState { registry: Arc::new(registry), ready: ctx.ready.clone() };
+    let state = HttpState {
+        registry: Arc::new(registry),
+        ready: ctx.ready.clone(),
+    };
     let app = axum::Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok" }))
@@ -218,13 +240,23 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
     tracing::info!(addr = %args.metrics_addr, namespace = ?args.namespace, "fleetscore operator starting");
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let scaler_task = tokio::spawn(scaler::controller::run(client.clone(), scaler_config, scaler_metrics));
+    let scaler_task = tokio::spawn(scaler::controller::run(
+        client.clone(),
+        scaler_config,
+        scaler_metrics,
+    ));
     let schedules = (!args.no_schedules).then(|| {
         let clock: Arc<dyn schedule::clock::Clock> = Arc::new(schedule::clock::SystemClock);
         let namespace = args.namespace.clone();
-        tokio::spawn(schedule::controller::run_controller(client.clone(), clock, schedule_metrics, namespace, async {
-            let _ = tokio::signal::ctrl_c().await;
-        }))
+        tokio::spawn(schedule::controller::run_controller(
+            client.clone(),
+            clock,
+            schedule_metrics,
+            namespace,
+            async {
+                let _ = tokio::signal::ctrl_c().await;
+            },
+        ))
     });
     // The run controller stops on SIGTERM/ctrl-c; then everything else goes with the process.
     run_controller::run(ctx).await;
@@ -250,7 +282,11 @@ async fn score_run(
         Progress::Never => false,
         Progress::Auto => std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
-    let bar = if show { ProgressBar::new(total.unwrap_or(0) as u64) } else { ProgressBar::hidden() };
+    let bar = if show {
+        ProgressBar::new(total.unwrap_or(0) as u64)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
         ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} sensors {elapsed} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -279,12 +315,20 @@ async fn score_run(
 /// Scores each manifest document locally; false when any sensor failed.
 async fn run_local(args: RunArgs) -> anyhow::Result<bool> {
     if !args.local {
-        bail!("only --local is supported by `fleetscore run`; in a cluster, kubectl apply the manifest");
+        bail!(
+            "only --local is supported by `fleetscore run`; in a cluster, kubectl apply the manifest"
+        );
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let opts = LocalOptions { threads: args.threads, output: args.output.clone() };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let opts = LocalOptions {
+        threads: args.threads,
+        output: args.output.clone(),
+    };
     let mut all_ok = true;
     let path = args.file.display().to_string();
     for manifest in local::read_manifests(&args.file)? {
@@ -297,14 +341,19 @@ async fn run_local(args: RunArgs) -> anyhow::Result<bool> {
                     let opts = opts.clone();
                     let progress = args.progress;
                     async move {
-                        println!("slot {slot}: ScoringRun {}", run.metadata.name.clone().unwrap_or_default());
+                        println!(
+                            "slot {slot}: ScoringRun {}",
+                            run.metadata.name.clone().unwrap_or_default()
+                        );
                         score_run(&run, &opts, progress).await
                     }
                 })
                 .await?;
             }
             Manifest::Other { kind, .. } => {
-                bail!("{path}: kind {kind} cannot run locally (ScoringRun and ScoringSchedule can)");
+                bail!(
+                    "{path}: kind {kind} cannot run locally (ScoringRun and ScoringSchedule can)"
+                );
             }
         }
     }

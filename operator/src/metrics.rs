@@ -82,19 +82,48 @@ impl RunMetrics {
         let m = Self::default();
         let r = registry.sub_registry_with_prefix("fleetscore_run");
         r.register("reconciles", "ScoringRun reconciles", m.reconciles.clone());
-        r.register("reconcile_errors", "ScoringRun reconcile errors by kind", m.failures.clone());
-        r.register("reconcile_duration_seconds", "ScoringRun reconcile duration", m.reconcile_duration.clone());
-        r.register("runs_finished", "Finished ScoringRuns by phase", m.runs.clone());
-        r.register("sensors_finished", "Finished sensors by outcome", m.sensors.clone());
-        r.register("queue_depth", "Sensors waiting in the operator's queue", m.queue_depth.clone());
+        r.register(
+            "reconcile_errors",
+            "ScoringRun reconcile errors by kind",
+            m.failures.clone(),
+        );
+        r.register(
+            "reconcile_duration_seconds",
+            "ScoringRun reconcile duration",
+            m.reconcile_duration.clone(),
+        );
+        r.register(
+            "runs_finished",
+            "Finished ScoringRuns by phase",
+            m.runs.clone(),
+        );
+        r.register(
+            "sensors_finished",
+            "Finished sensors by outcome",
+            m.sensors.clone(),
+        );
+        r.register(
+            "queue_depth",
+            "Sensors waiting in the operator's queue",
+            m.queue_depth.clone(),
+        );
         r.register("active_jobs", "Scoring Jobs active", m.active_jobs.clone());
-        r.register("api_writes", "Kubernetes API writes by verb and resource", m.api_writes.clone());
+        r.register(
+            "api_writes",
+            "Kubernetes API writes by verb and resource",
+            m.api_writes.clone(),
+        );
         m
     }
 
     /// Counts one API write.
     pub fn write(&self, verb: &str, resource: &str) {
-        self.api_writes.get_or_create(&WriteLabels { verb: verb.into(), resource: resource.into() }).inc();
+        self.api_writes
+            .get_or_create(&WriteLabels {
+                verb: verb.into(),
+                resource: resource.into(),
+            })
+            .inc();
     }
 
     /// Sum of every API write so far.
@@ -102,7 +131,10 @@ impl RunMetrics {
         let mut total = 0;
         for verb in ["create", "patch", "delete"] {
             for resource in ["job", "scoringrun", "configmap", "event"] {
-                let labels = WriteLabels { verb: verb.into(), resource: resource.into() };
+                let labels = WriteLabels {
+                    verb: verb.into(),
+                    resource: resource.into(),
+                };
                 if let Some(c) = self.api_writes.get(&labels) {
                     total += c.get();
                 }
@@ -126,6 +158,9 @@ mod tests {
         assert_eq!(m.total_writes(), 3);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        assert!(text.contains("fleetscore_run_api_writes_total{verb=\"create\",resource=\"job\"} 2"), "{text}");
+        assert!(
+            text.contains("fleetscore_run_api_writes_total{verb=\"create\",resource=\"job\"} 2"),
+            "{text}"
+        );
     }
 }

@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use crate::crd::run::{FailedSensor, FailurePolicy, MAX_LISTED_FAILURES, Phase, SensorRef, SensorSelector};
+use crate::crd::run::{
+    FailedSensor, FailurePolicy, MAX_LISTED_FAILURES, Phase, SensorRef, SensorSelector,
+};
 
 /// Errors of the queue's pure parts.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -39,7 +41,10 @@ pub struct BatchSet {
 impl BatchSet {
     /// Reads the status text; `field` names the status field in errors.
     pub fn parse(text: &str, field: &'static str) -> Result<Self, QueueError> {
-        let bad = || QueueError::BadRange { field, text: text.to_string() };
+        let bad = || QueueError::BadRange {
+            field,
+            text: text.to_string(),
+        };
         let mut set = Self::default();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (a, b) = match part.split_once('-') {
@@ -128,16 +133,28 @@ impl FromStr for BatchSet {
 pub fn resolve_static(selector: &SensorSelector) -> Option<Result<Vec<SensorRef>, QueueError>> {
     let sensors: Vec<SensorRef> = if let Some(list) = &selector.list {
         let mut seen = std::collections::HashSet::new();
-        list.iter().filter(|s| seen.insert((*s).clone())).cloned().collect()
+        list.iter()
+            .filter(|s| seen.insert((*s).clone()))
+            .cloned()
+            .collect()
     } else if let (Some(devices), Some(tags)) = (&selector.devices, &selector.tags) {
         devices
             .iter()
-            .flat_map(|d| tags.iter().map(move |t| SensorRef { device: d.clone(), tag: t.clone() }))
+            .flat_map(|d| {
+                tags.iter().map(move |t| SensorRef {
+                    device: d.clone(),
+                    tag: t.clone(),
+                })
+            })
             .collect()
     } else {
         return None;
     };
-    Some(if sensors.is_empty() { Err(QueueError::NoSensors) } else { Ok(sensors) })
+    Some(if sensors.is_empty() {
+        Err(QueueError::NoSensors)
+    } else {
+        Ok(sensors)
+    })
 }
 
 /// How a run's sensors split into batches (one Job each).
@@ -152,7 +169,10 @@ pub struct Layout {
 impl Layout {
     /// A layout; `per_job` below 1 counts as 1.
     pub fn new(sensors: usize, per_job: i32) -> Self {
-        Self { sensors: i64::try_from(sensors).unwrap_or(i64::MAX), per_job: i64::from(per_job.max(1)) }
+        Self {
+            sensors: i64::try_from(sensors).unwrap_or(i64::MAX),
+            per_job: i64::from(per_job.max(1)),
+        }
     }
     /// Number of batches.
     pub fn batches(&self) -> i64 {
@@ -266,8 +286,11 @@ pub fn plan(
     let total_batches = layout.batches();
     let mut progress = prior.clone();
     let mut plan = Plan::default();
-    let by_batch: BTreeMap<i64, &ObservedJob> =
-        jobs.iter().filter(|j| j.batch >= 0 && j.batch < total_batches).map(|j| (j.batch, j)).collect();
+    let by_batch: BTreeMap<i64, &ObservedJob> = jobs
+        .iter()
+        .filter(|j| j.batch >= 0 && j.batch < total_batches)
+        .map(|j| (j.batch, j))
+        .collect();
     // Jobs created after the last status write still count as created.
     let highest_job = by_batch.keys().next_back().map_or(0, |b| b + 1);
     progress.next_batch = progress.next_batch.max(highest_job).min(total_batches);
@@ -303,8 +326,9 @@ pub fn plan(
     }
 
     // Batches created earlier whose Job vanished before its outcome was recorded.
-    let lost: Vec<i64> =
-        (0..progress.next_batch).filter(|b| !progress.recorded.contains(*b) && !by_batch.contains_key(b)).collect();
+    let lost: Vec<i64> = (0..progress.next_batch)
+        .filter(|b| !progress.recorded.contains(*b) && !by_batch.contains_key(b))
+        .collect();
     if deadline_passed {
         for batch in lost.into_iter().chain(progress.next_batch..total_batches) {
             let failed = deadline_failures(layout, batch, sensor_name);
@@ -329,7 +353,9 @@ pub fn plan(
         }
     }
 
-    let queued: i64 = (progress.next_batch..total_batches).map(|b| layout.size(b)).sum();
+    let queued: i64 = (progress.next_batch..total_batches)
+        .map(|b| layout.size(b))
+        .sum();
     plan.counts = Counts {
         total: layout.sensors,
         queued,
@@ -366,7 +392,11 @@ fn record_batch(
     recorded_now.push((batch, failed));
 }
 
-fn deadline_failures(layout: Layout, batch: i64, sensor_name: &dyn Fn(usize) -> String) -> Vec<FailedSensor> {
+fn deadline_failures(
+    layout: Layout,
+    batch: i64,
+    sensor_name: &dyn Fn(usize) -> String,
+) -> Vec<FailedSensor> {
     layout
         .range(batch)
         .map(|i| FailedSensor {
@@ -421,10 +451,18 @@ mod tests {
     }
 
     fn active(batch: i64) -> ObservedJob {
-        ObservedJob { batch, state: JobState::Active, marked: false }
+        ObservedJob {
+            batch,
+            state: JobState::Active,
+            marked: false,
+        }
     }
     fn succeeded(batch: i64) -> ObservedJob {
-        ObservedJob { batch, state: JobState::Succeeded, marked: false }
+        ObservedJob {
+            batch,
+            state: JobState::Succeeded,
+            marked: false,
+        }
     }
     fn failed(batch: i64, sensor: &str) -> ObservedJob {
         ObservedJob {
@@ -450,7 +488,10 @@ mod tests {
         s.insert(3);
         s.insert(6);
         assert_eq!(s.to_string(), "0-9");
-        assert_eq!(BatchSet::parse("0-2,4,7-9", "f").unwrap().to_string(), "0-2,4,7-9");
+        assert_eq!(
+            BatchSet::parse("0-2,4,7-9", "f").unwrap().to_string(),
+            "0-2,4,7-9"
+        );
         assert_eq!(BatchSet::parse("", "f").unwrap().len(), 0);
         assert!(BatchSet::parse("3-1", "f").is_err());
         assert!(BatchSet::parse("x", "f").is_err());
@@ -464,12 +505,26 @@ mod tests {
             tags: Some(vec!["4".into(), "5".into()]),
             ..Default::default()
         };
-        let got: Vec<String> = resolve_static(&sel).unwrap().unwrap().iter().map(ToString::to_string).collect();
+        let got: Vec<String> = resolve_static(&sel)
+            .unwrap()
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(got, ["1:4", "1:5", "2:4", "2:5"]);
-        let s = |d: &str, t: &str| SensorRef { device: d.into(), tag: t.into() };
-        let sel = SensorSelector { list: Some(vec![s("1", "4"), s("1", "4"), s("2", "1")]), ..Default::default() };
+        let s = |d: &str, t: &str| SensorRef {
+            device: d.into(),
+            tag: t.into(),
+        };
+        let sel = SensorSelector {
+            list: Some(vec![s("1", "4"), s("1", "4"), s("2", "1")]),
+            ..Default::default()
+        };
         assert_eq!(resolve_static(&sel).unwrap().unwrap().len(), 2);
-        let all = SensorSelector { all_models: Some(true), ..Default::default() };
+        let all = SensorSelector {
+            all_models: Some(true),
+            ..Default::default()
+        };
         assert!(resolve_static(&all).is_none());
     }
 
@@ -484,21 +539,49 @@ mod tests {
 
     #[test]
     fn a_fresh_run_creates_only_parallelism_jobs_and_queues_the_rest() {
-        let p = plan(Layout::new(15, 1), &Progress::default(), &[], 4, false, &name);
+        let p = plan(
+            Layout::new(15, 1),
+            &Progress::default(),
+            &[],
+            4,
+            false,
+            &name,
+        );
         assert_eq!(p.create, [0, 1, 2, 3]);
-        assert_eq!(p.counts, Counts { total: 15, queued: 11, active: 4, succeeded: 0, failed: 0 });
+        assert_eq!(
+            p.counts,
+            Counts {
+                total: 15,
+                queued: 11,
+                active: 4,
+                succeeded: 0,
+                failed: 0
+            }
+        );
         assert_eq!(p.progress.next_batch, 4);
         assert!(!p.done);
     }
 
     #[test]
     fn finished_jobs_are_recorded_once_and_free_their_slots() {
-        let prior = Progress { next_batch: 4, ..Default::default() };
+        let prior = Progress {
+            next_batch: 4,
+            ..Default::default()
+        };
         let jobs = [succeeded(0), failed(1, "s1"), active(2), active(3)];
         let p = plan(Layout::new(15, 1), &prior, &jobs, 4, false, &name);
         assert_eq!(p.create, [4, 5]);
         assert_eq!(p.mark, [0, 1]);
-        assert_eq!(p.counts, Counts { total: 15, queued: 9, active: 4, succeeded: 1, failed: 1 });
+        assert_eq!(
+            p.counts,
+            Counts {
+                total: 15,
+                queued: 9,
+                active: 4,
+                succeeded: 1,
+                failed: 1
+            }
+        );
         assert_eq!(p.progress.recorded.to_string(), "0-1");
         assert_eq!(p.progress.failed_batches.to_string(), "1");
         assert_eq!(p.progress.failed_sensors.len(), 1);
@@ -513,7 +596,14 @@ mod tests {
     fn a_restart_after_creating_jobs_but_before_the_status_write_creates_no_duplicate() {
         // Status says nothing was created, but Jobs 0..3 exist.
         let jobs = [active(0), active(1), active(2)];
-        let p = plan(Layout::new(5, 1), &Progress::default(), &jobs, 3, false, &name);
+        let p = plan(
+            Layout::new(5, 1),
+            &Progress::default(),
+            &jobs,
+            3,
+            false,
+            &name,
+        );
         assert!(p.create.is_empty());
         assert_eq!(p.progress.next_batch, 3);
         assert_eq!(p.counts.active, 3);
@@ -522,8 +612,18 @@ mod tests {
 
     #[test]
     fn a_job_that_vanished_before_being_recorded_is_created_again() {
-        let prior = Progress { next_batch: 3, ..Default::default() };
-        let p = plan(Layout::new(5, 1), &prior, &[active(0), active(2)], 3, false, &name);
+        let prior = Progress {
+            next_batch: 3,
+            ..Default::default()
+        };
+        let p = plan(
+            Layout::new(5, 1),
+            &prior,
+            &[active(0), active(2)],
+            3,
+            false,
+            &name,
+        );
         assert_eq!(p.create, [1]);
     }
 
@@ -531,7 +631,12 @@ mod tests {
     fn recorded_jobs_deleted_by_their_ttl_are_not_recreated() {
         let mut recorded = BatchSet::default();
         recorded.insert(0);
-        let prior = Progress { next_batch: 2, recorded, succeeded: 1, ..Default::default() };
+        let prior = Progress {
+            next_batch: 2,
+            recorded,
+            succeeded: 1,
+            ..Default::default()
+        };
         let p = plan(Layout::new(2, 1), &prior, &[active(1)], 2, false, &name);
         assert!(p.create.is_empty());
         assert_eq!(p.counts.succeeded, 1);
@@ -539,16 +644,45 @@ mod tests {
 
     #[test]
     fn the_run_is_done_when_every_batch_is_recorded() {
-        let prior = Progress { next_batch: 2, ..Default::default() };
-        let p = plan(Layout::new(3, 2), &prior, &[succeeded(0), failed(1, "s2")], 5, false, &name);
+        let prior = Progress {
+            next_batch: 2,
+            ..Default::default()
+        };
+        let p = plan(
+            Layout::new(3, 2),
+            &prior,
+            &[succeeded(0), failed(1, "s2")],
+            5,
+            false,
+            &name,
+        );
         assert!(p.done);
-        assert_eq!(p.counts, Counts { total: 3, queued: 0, active: 0, succeeded: 2, failed: 1 });
+        assert_eq!(
+            p.counts,
+            Counts {
+                total: 3,
+                queued: 0,
+                active: 0,
+                succeeded: 2,
+                failed: 1
+            }
+        );
     }
 
     #[test]
     fn a_passed_deadline_fails_everything_unfinished_and_deletes_active_jobs() {
-        let prior = Progress { next_batch: 2, ..Default::default() };
-        let p = plan(Layout::new(4, 1), &prior, &[succeeded(0), active(1)], 2, true, &name);
+        let prior = Progress {
+            next_batch: 2,
+            ..Default::default()
+        };
+        let p = plan(
+            Layout::new(4, 1),
+            &prior,
+            &[succeeded(0), active(1)],
+            2,
+            true,
+            &name,
+        );
         assert!(p.done);
         assert_eq!(p.delete, [1]);
         assert!(p.create.is_empty());
@@ -559,7 +693,10 @@ mod tests {
 
     #[test]
     fn the_failed_list_is_bounded() {
-        let prior = Progress { next_batch: 60, ..Default::default() };
+        let prior = Progress {
+            next_batch: 60,
+            ..Default::default()
+        };
         let jobs: Vec<_> = (0..60).map(|b| failed(b, "x")).collect();
         let p = plan(Layout::new(60, 1), &prior, &jobs, 10, false, &name);
         assert_eq!(p.counts.failed, 60);
@@ -568,13 +705,24 @@ mod tests {
 
     #[test]
     fn the_failure_policy_decides_between_partial_success_and_failure() {
-        let c = |s, f| Counts { total: s + f, succeeded: s, failed: f, ..Default::default() };
+        let c = |s, f| Counts {
+            total: s + f,
+            succeeded: s,
+            failed: f,
+            ..Default::default()
+        };
         assert_eq!(final_phase(c(15, 0), None), Phase::Succeeded);
         assert_eq!(final_phase(c(14, 1), None), Phase::Failed);
-        let two = FailurePolicy { max_failed_sensors: Some(2), max_failed_percent: None };
+        let two = FailurePolicy {
+            max_failed_sensors: Some(2),
+            max_failed_percent: None,
+        };
         assert_eq!(final_phase(c(13, 2), Some(&two)), Phase::PartiallySucceeded);
         assert_eq!(final_phase(c(12, 3), Some(&two)), Phase::Failed);
-        let pct = FailurePolicy { max_failed_sensors: None, max_failed_percent: Some(20) };
+        let pct = FailurePolicy {
+            max_failed_sensors: None,
+            max_failed_percent: Some(20),
+        };
         assert_eq!(final_phase(c(12, 3), Some(&pct)), Phase::PartiallySucceeded);
         assert_eq!(final_phase(c(11, 4), Some(&pct)), Phase::Failed);
         assert_eq!(final_phase(c(0, 3), Some(&pct)), Phase::Failed);

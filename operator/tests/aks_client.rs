@@ -44,7 +44,13 @@ fn wi_client(fake: &FakeArm, dir: &tempfile::TempDir) -> ArmClient {
         token_file: file,
     };
     let http = reqwest::Client::new();
-    ArmClient::new(http.clone(), &fake.base, TokenProvider::new(cred, http), fast_retry()).unwrap()
+    ArmClient::new(
+        http.clone(),
+        &fake.base,
+        TokenProvider::new(cred, http),
+        fast_retry(),
+    )
+    .unwrap()
 }
 
 /// A client authenticating by managed identity against the fake's IMDS endpoint.
@@ -54,7 +60,13 @@ fn mi_client(fake: &FakeArm) -> ArmClient {
         client_id: None,
     };
     let http = reqwest::Client::new();
-    ArmClient::new(http.clone(), &fake.base, TokenProvider::new(cred, http), fast_retry()).unwrap()
+    ArmClient::new(
+        http.clone(),
+        &fake.base,
+        TokenProvider::new(cred, http),
+        fast_retry(),
+    )
+    .unwrap()
 }
 
 #[tokio::test]
@@ -76,7 +88,11 @@ async fn reading_a_pool_sends_the_pinned_api_version_and_a_workload_identity_tok
         "grant_type=client_credentials",
         "scope=https%3A%2F%2Fmanagement.azure.com%2F.default",
     ] {
-        assert!(token_req.body.split('&').any(|kv| kv == part), "{part} missing in {}", token_req.body);
+        assert!(
+            token_req.body.split('&').any(|kv| kv == part),
+            "{part} missing in {}",
+            token_req.body
+        );
     }
     let get = &fake.seen_to("GET", POOL_PATH)[0];
     assert_eq!(get.query, "api-version=2025-08-01");
@@ -92,14 +108,26 @@ async fn tokens_are_cached_between_calls() {
     assert_eq!(fake.tokens_issued(), 1);
     let imds = &fake.seen_to("GET", "/metadata/identity/oauth2/token")[0];
     assert_eq!(imds.metadata.as_deref(), Some("true"));
-    assert!(imds.query.contains("api-version=2018-02-01"), "{}", imds.query);
-    assert!(imds.query.contains("resource=https%3A%2F%2Fmanagement.azure.com%2F"), "{}", imds.query);
+    assert!(
+        imds.query.contains("api-version=2018-02-01"),
+        "{}",
+        imds.query
+    );
+    assert!(
+        imds.query
+            .contains("resource=https%3A%2F%2Fmanagement.azure.com%2F"),
+        "{}",
+        imds.query
+    );
 }
 
 #[tokio::test]
 async fn setting_the_count_puts_the_pool_back_and_polls_the_async_operation_until_it_succeeds() {
     let fake = FakeArm::start(0, false).await;
-    fake.operation(Operation::Async { in_progress: 2, end: "Succeeded" });
+    fake.operation(Operation::Async {
+        in_progress: 2,
+        end: "Succeeded",
+    });
     let dir = tempfile::tempdir().unwrap();
     let after = wi_client(&fake, &dir).set_count(&pool(), 5).await.unwrap();
     assert_eq!(after.count, 5);
@@ -111,13 +139,27 @@ async fn setting_the_count_puts_the_pool_back_and_polls_the_async_operation_unti
     assert_eq!(puts[0].query, "api-version=2025-08-01");
     let body: Value = serde_json::from_str(&puts[0].body).unwrap();
     assert_eq!(body["properties"]["count"], 5);
-    assert_eq!(body["properties"]["vmSize"], "Standard_D4s_v5", "the PUT carries the pool's other properties");
-    assert!(body["properties"].get("provisioningState").is_none(), "read-only fields are not sent");
-    assert_eq!(puts[0].if_match.as_deref(), Some("etag-1"), "the PUT is conditional on the read");
+    assert_eq!(
+        body["properties"]["vmSize"], "Standard_D4s_v5",
+        "the PUT carries the pool's other properties"
+    );
+    assert!(
+        body["properties"].get("provisioningState").is_none(),
+        "read-only fields are not sent"
+    );
+    assert_eq!(
+        puts[0].if_match.as_deref(),
+        Some("etag-1"),
+        "the PUT is conditional on the read"
+    );
     // Two InProgress answers, then Succeeded: three polls, each with the token.
     let polls = fake.seen_to("GET", "/operations/");
     assert_eq!(polls.len(), 3);
-    assert!(polls.iter().all(|p| p.authorization.as_deref() == Some("Bearer tok-1")));
+    assert!(
+        polls
+            .iter()
+            .all(|p| p.authorization.as_deref() == Some("Bearer tok-1"))
+    );
 }
 
 #[tokio::test]
@@ -132,7 +174,11 @@ async fn a_location_header_is_polled_until_the_operation_is_done() {
 #[tokio::test]
 async fn a_409_operation_in_progress_is_retried() {
     let fake = FakeArm::start(1, false).await;
-    fake.script_put(Scripted::Error { status: 409, code: "OperationNotAllowed", retry_after: None });
+    fake.script_put(Scripted::Error {
+        status: 409,
+        code: "OperationNotAllowed",
+        retry_after: None,
+    });
     let after = mi_client(&fake).set_count(&pool(), 4).await.unwrap();
     assert_eq!(after.count, 4);
     assert_eq!(fake.seen_to("PUT", POOL_PATH).len(), 2);
@@ -141,11 +187,19 @@ async fn a_409_operation_in_progress_is_retried() {
 #[tokio::test]
 async fn a_429_waits_for_retry_after_before_retrying() {
     let fake = FakeArm::start(1, false).await;
-    fake.script_get(Scripted::Error { status: 429, code: "TooManyRequests", retry_after: Some(1) });
+    fake.script_get(Scripted::Error {
+        status: 429,
+        code: "TooManyRequests",
+        retry_after: Some(1),
+    });
     let started = Instant::now();
     let p = mi_client(&fake).get_pool(&pool()).await.unwrap();
     assert_eq!(p.count, 1);
-    assert!(started.elapsed() >= Duration::from_secs(1), "retried after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "retried after {:?}",
+        started.elapsed()
+    );
     assert_eq!(fake.seen_to("GET", POOL_PATH).len(), 2);
 }
 
@@ -153,10 +207,24 @@ async fn a_429_waits_for_retry_after_before_retrying() {
 async fn retries_run_out_on_a_pool_that_stays_busy_and_say_so() {
     let fake = FakeArm::start(1, false).await;
     for _ in 0..4 {
-        fake.script_put(Scripted::Error { status: 409, code: "OperationNotAllowed", retry_after: None });
+        fake.script_put(Scripted::Error {
+            status: 409,
+            code: "OperationNotAllowed",
+            retry_after: None,
+        });
     }
     let err = mi_client(&fake).set_count(&pool(), 3).await.unwrap_err();
-    assert!(matches!(err, ArmError::GaveUp { status: 409, attempts: 4, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            ArmError::GaveUp {
+                status: 409,
+                attempts: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("OperationNotAllowed"), "{err}");
     assert_eq!(fake.count(), 1);
 }
@@ -164,8 +232,16 @@ async fn retries_run_out_on_a_pool_that_stays_busy_and_say_so() {
 #[tokio::test]
 async fn server_errors_are_retried() {
     let fake = FakeArm::start(1, false).await;
-    fake.script_get(Scripted::Error { status: 503, code: "ServiceUnavailable", retry_after: None });
-    fake.script_get(Scripted::Error { status: 500, code: "InternalServerError", retry_after: None });
+    fake.script_get(Scripted::Error {
+        status: 503,
+        code: "ServiceUnavailable",
+        retry_after: None,
+    });
+    fake.script_get(Scripted::Error {
+        status: 500,
+        code: "InternalServerError",
+        retry_after: None,
+    });
     assert_eq!(mi_client(&fake).get_pool(&pool()).await.unwrap().count, 1);
 }
 
@@ -178,7 +254,10 @@ async fn a_401_fetches_a_fresh_token_once_and_then_succeeds() {
     client.get_pool(&pool()).await.unwrap();
     assert_eq!(fake.tokens_issued(), 2);
     let gets = fake.seen_to("GET", POOL_PATH);
-    assert_eq!(gets.last().unwrap().authorization.as_deref(), Some("Bearer tok-2"));
+    assert_eq!(
+        gets.last().unwrap().authorization.as_deref(),
+        Some("Bearer tok-2")
+    );
 }
 
 #[tokio::test]
@@ -193,7 +272,11 @@ async fn a_401_with_a_fresh_token_is_surfaced_as_unauthorized() {
 #[tokio::test]
 async fn a_403_is_surfaced_as_forbidden_without_retrying() {
     let fake = FakeArm::start(1, false).await;
-    fake.script_put(Scripted::Error { status: 403, code: "AuthorizationFailed", retry_after: None });
+    fake.script_put(Scripted::Error {
+        status: 403,
+        code: "AuthorizationFailed",
+        retry_after: None,
+    });
     let err = mi_client(&fake).set_count(&pool(), 2).await.unwrap_err();
     assert!(matches!(err, ArmError::Forbidden { .. }), "{err}");
     assert!(err.to_string().contains("AuthorizationFailed"), "{err}");
@@ -224,7 +307,10 @@ async fn a_pool_with_the_cluster_autoscaler_enabled_is_never_scaled() {
 #[tokio::test]
 async fn a_failed_operation_is_surfaced_with_arms_message() {
     let fake = FakeArm::start(1, false).await;
-    fake.operation(Operation::Async { in_progress: 1, end: "Failed" });
+    fake.operation(Operation::Async {
+        in_progress: 1,
+        end: "Failed",
+    });
     let err = mi_client(&fake).set_count(&pool(), 9).await.unwrap_err();
     assert!(matches!(err, ArmError::OperationFailed { .. }), "{err}");
     assert!(err.to_string().contains("quota exceeded"), "{err}");
@@ -234,6 +320,9 @@ async fn a_failed_operation_is_surfaced_with_arms_message() {
 #[tokio::test]
 async fn setting_the_count_it_already_has_sends_no_put() {
     let fake = FakeArm::start(3, false).await;
-    assert_eq!(mi_client(&fake).set_count(&pool(), 3).await.unwrap().count, 3);
+    assert_eq!(
+        mi_client(&fake).set_count(&pool(), 3).await.unwrap().count,
+        3
+    );
     assert!(fake.seen_to("PUT", POOL_PATH).is_empty());
 }

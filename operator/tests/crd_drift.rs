@@ -10,6 +10,10 @@ fn the_committed_crds_match_the_rust_types() {
         let want = fleetscore_operator::crd::to_yaml(&crd).unwrap();
         let path = dir.join(file);
         let have = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(have == want, "{} is out of date with operator/src/crd: run scripts/crdgen", path.display());
+        assert!(
+            have == want,
+            "{} is out of date with operator/src/crd: run scripts/crdgen",
+            path.display()
+        );
     }
 }

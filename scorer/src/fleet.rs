@@ -106,7 +106,11 @@ impl FleetSummary {
 
     /// Rows scored per second of wall time.
     pub fn rows_per_sec(&self) -> f64 {
-        if self.wall_ms > 0.0 { self.rows as f64 / (self.wall_ms / 1000.0) } else { 0.0 }
+        if self.wall_ms > 0.0 {
+            self.rows as f64 / (self.wall_ms / 1000.0)
+        } else {
+            0.0
+        }
     }
 
     /// A human-readable summary table, failed sensors and reasons after it.
@@ -173,7 +177,9 @@ fn ms(since: Instant) -> f64 {
 
 /// Is the data URL one long CSV (not a partitioned prefix)?
 pub fn is_long_csv(url: &str) -> bool {
-    url.trim_end_matches('/').to_ascii_lowercase().ends_with(".csv")
+    url.trim_end_matches('/')
+        .to_ascii_lowercase()
+        .ends_with(".csv")
 }
 
 /// Model file extensions, in order of preference when several exist for one sensor.
@@ -183,11 +189,15 @@ const MODEL_EXTS: [&str; 4] = [".json", ".pkl", ".joblib", ""];
 pub async fn list_models(models: &Location) -> Result<BTreeMap<SensorId, Location>, StorageError> {
     let mut found: BTreeMap<SensorId, (usize, String)> = BTreeMap::new();
     for path in models.list().await? {
-        let Some(rel) = models.relative(&path) else { continue };
+        let Some(rel) = models.relative(&path) else {
+            continue;
+        };
         if rel.contains('/') {
             continue;
         }
-        let Some(sensor) = SensorId::from_model_file_name(&rel) else { continue };
+        let Some(sensor) = SensorId::from_model_file_name(&rel) else {
+            continue;
+        };
         let rank = MODEL_EXTS
             .iter()
             .position(|ext| rel == format!("{}{ext}", sensor.model_stem()))
@@ -199,7 +209,10 @@ pub async fn list_models(models: &Location) -> Result<BTreeMap<SensorId, Locatio
             }
         }
     }
-    Ok(found.into_iter().map(|(s, (_, rel))| (s, models.child(&rel))).collect())
+    Ok(found
+        .into_iter()
+        .map(|(s, (_, rel))| (s, models.child(&rel)))
+        .collect())
 }
 
 /// Scores a fleet; `on_sensor_done` is called once per sensor as soon as its record is final.
@@ -209,7 +222,10 @@ pub async fn score_fleet(
 ) -> Result<FleetSummary, FleetError> {
     let start = Instant::now();
     if spec.run_id.is_empty() || spec.run_id.contains('/') {
-        return Err(FleetError::Config(format!("run id {:?} must be non-empty and have no '/'", spec.run_id)));
+        return Err(FleetError::Config(format!(
+            "run id {:?} must be non-empty and have no '/'",
+            spec.run_id
+        )));
     }
     let threads = spec.threads.unwrap_or(0);
     let pool = rayon::ThreadPoolBuilder::new()
@@ -226,7 +242,10 @@ pub async fn score_fleet(
         SensorSelection::All => available.keys().cloned().collect(),
         SensorSelection::List(list) => {
             let mut seen = HashSet::new();
-            list.iter().filter(|s| seen.insert((*s).clone())).cloned().collect()
+            list.iter()
+                .filter(|s| seen.insert((*s).clone()))
+                .cloned()
+                .collect()
         }
     };
     if sensors.is_empty() {
@@ -236,7 +255,10 @@ pub async fn score_fleet(
         }));
     }
 
-    let mut summary = FleetSummary { sensors: sensors.len(), ..FleetSummary::default() };
+    let mut summary = FleetSummary {
+        sensors: sensors.len(),
+        ..FleetSummary::default()
+    };
     let mut parsed: BTreeMap<SensorId, Series> = BTreeMap::new();
     let mut pool = pool;
     if is_long_csv(&spec.data) {
@@ -250,7 +272,11 @@ pub async fn score_fleet(
         let parse_time = spec.aggregation.is_some();
         let file = spec.data.clone();
         let (result, back) = tokio::task::spawn_blocking(move || {
-            let opts = CsvOptions { strict: false, parse_time, select: Some(&select) };
+            let opts = CsvOptions {
+                strict: false,
+                parse_time,
+                select: Some(&select),
+            };
             let r = pool.install(|| parse(&file, &buf, &opts));
             (r, pool)
         })
@@ -265,7 +291,19 @@ pub async fn score_fleet(
         }
         parsed = p.sensors;
     }
-    run_sensors(spec, sensors, available, parsed, data, out, pool, summary, start, on_sensor_done).await
+    run_sensors(
+        spec,
+        sensors,
+        available,
+        parsed,
+        data,
+        out,
+        pool,
+        summary,
+        start,
+        on_sensor_done,
+    )
+    .await
 }
 
 #[allow(clippy::too_many_arguments)] // internal: the two layouts share this tail
@@ -283,10 +321,20 @@ async fn run_sensors(
 ) -> Result<FleetSummary, FleetError> {
     let long = is_long_csv(&spec.data);
     let threads = pool.current_num_threads();
-    let ctx = Arc::new(Ctx { spec: spec.clone(), data, out, pool, parallel_rows: sensors.len() == 1 });
+    let ctx = Arc::new(Ctx {
+        spec: spec.clone(),
+        data,
+        out,
+        pool,
+        parallel_rows: sensors.len() == 1,
+    });
     let tasks = sensors.into_iter().map(|sensor| {
         let model = available.get(&sensor).cloned();
-        let input = if long { SensorData::Parsed(parsed.remove(&sensor)) } else { SensorData::Partitioned };
+        let input = if long {
+            SensorData::Parsed(parsed.remove(&sensor))
+        } else {
+            SensorData::Partitioned
+        };
         let ctx = ctx.clone();
         async move { score_sensor(&ctx, sensor, model, input).await }
     });
@@ -325,7 +373,12 @@ struct Scored {
     format_ms: f64,
 }
 
-async fn score_sensor(ctx: &Ctx, sensor: SensorId, model: Option<Location>, input: SensorData) -> SensorRecord {
+async fn score_sensor(
+    ctx: &Ctx,
+    sensor: SensorId,
+    model: Option<Location>,
+    input: SensorData,
+) -> SensorRecord {
     let spec = &ctx.spec;
     let mut rec = SensorRecord::new(&spec.run_id, &sensor);
     if let Err(e) = score_into(ctx, &sensor, model, input, &mut rec).await {
@@ -351,14 +404,23 @@ async fn score_into(
 ) -> Result<(), String> {
     let spec = &ctx.spec;
     let model = model.ok_or_else(|| {
-        format!("no model {}[.json|.pkl|.joblib] under {}", sensor.model_stem(), spec.models)
+        format!(
+            "no model {}[.json|.pkl|.joblib] under {}",
+            sensor.model_stem(),
+            spec.models
+        )
     })?;
     rec.model = Some(model.url.clone());
     let t = Instant::now();
-    let model_bytes = model.get().await.map_err(|e| format!("reading the model: {e}"))?;
+    let model_bytes = model
+        .get()
+        .await
+        .map_err(|e| format!("reading the model: {e}"))?;
     let mut parts: Vec<(String, Bytes)> = Vec::new();
     let series = match input {
-        SensorData::Parsed(series) => Some(series.ok_or_else(|| format!("no readings in {}", spec.data))?),
+        SensorData::Parsed(series) => {
+            Some(series.ok_or_else(|| format!("no readings in {}", spec.data))?)
+        }
         SensorData::Partitioned => {
             let dir = ctx.data.child(&format!(
                 "device={}/tag={}",
@@ -387,10 +449,21 @@ async fn score_into(
     let parallel = ctx.parallel_rows;
     let model_name = model.url.clone();
     ctx.pool.spawn(move || {
-        let r = score_cpu(&sensor_c, &model_name, &model_bytes, series, parts, aggregation.as_ref(), strict, parallel);
+        let r = score_cpu(
+            &sensor_c,
+            &model_name,
+            &model_bytes,
+            series,
+            parts,
+            aggregation.as_ref(),
+            strict,
+            parallel,
+        );
         let _ = tx.send(r);
     });
-    let scored = rx.await.map_err(|_| "the scoring task stopped unexpectedly".to_string())?;
+    let scored = rx
+        .await
+        .map_err(|_| "the scoring task stopped unexpectedly".to_string())?;
     let scored = match scored {
         Ok(s) => s,
         Err((skipped, e)) => {
@@ -405,7 +478,9 @@ async fn score_into(
     rec.timings.score_ms = scored.score_ms;
     let t = Instant::now();
     let dest = ctx.out.child(&preds_path(&spec.run_id, sensor));
-    dest.put(Bytes::from(scored.preds)).await.map_err(|e| format!("writing predictions: {e}"))?;
+    dest.put(Bytes::from(scored.preds))
+        .await
+        .map_err(|e| format!("writing predictions: {e}"))?;
     rec.timings.write_ms = scored.format_ms + ms(t);
     rec.predictions = Some(dest.url);
     Ok(())
@@ -425,13 +500,18 @@ fn score_cpu(
     parallel: bool,
 ) -> Result<Scored, (usize, String)> {
     let t = Instant::now();
-    let model = Model::from_bytes(model_bytes).map_err(|e| (0, format!("loading {model_name}: {e}")))?;
+    let model =
+        Model::from_bytes(model_bytes).map_err(|e| (0, format!("loading {model_name}: {e}")))?;
     let series = match series {
         Some(s) => s,
         None => {
             let mut all = Series::default();
             let select: HashSet<SensorId> = [sensor.clone()].into_iter().collect();
-            let opts = CsvOptions { strict: false, parse_time: aggregation.is_some(), select: Some(&select) };
+            let opts = CsvOptions {
+                strict: false,
+                parse_time: aggregation.is_some(),
+                select: Some(&select),
+            };
             for (url, bytes) in &parts {
                 let p = parse(url, bytes, &opts).map_err(|e| (all.skipped_rows, e.to_string()))?;
                 if let Some(e) = p.first_bad_row.filter(|_| strict) {
@@ -463,15 +543,24 @@ fn score_cpu(
     };
     if x.ncols() != d {
         let how = match aggregation {
-            None => "raw values give 1 feature; use --aggregate/--features to match the model".to_string(),
-            Some(a) => format!("--features {} gives {}", a.features_text(), a.features.len()),
+            None => "raw values give 1 feature; use --aggregate/--features to match the model"
+                .to_string(),
+            Some(a) => format!(
+                "--features {} gives {}",
+                a.features_text(),
+                a.features.len()
+            ),
         };
-        return Err((skipped, format!("{model_name} expects {d} feature(s) per row but {how}")));
+        return Err((
+            skipped,
+            format!("{model_name} expects {d} feature(s) per row but {how}"),
+        ));
     }
     let parse_ms = ms(t);
 
     let t = Instant::now();
-    let decisions = score(&model, &x, parallel).map_err(|e| (skipped, format!("scoring with {model_name}: {e}")))?;
+    let decisions = score(&model, &x, parallel)
+        .map_err(|e| (skipped, format!("scoring with {model_name}: {e}")))?;
     let score_ms = ms(t);
 
     let t = Instant::now();
@@ -487,11 +576,27 @@ fn score_cpu(
             Some(starts) => w.row(format_ms(starts[i]).as_bytes(), val, anomaly, dec),
         }
     }
-    Ok(Scored { preds: w.finish(), rows, anomalies, skipped, parse_ms, score_ms, format_ms: ms(t) })
+    Ok(Scored {
+        preds: w.finish(),
+        rows,
+        anomalies,
+        skipped,
+        parse_ms,
+        score_ms,
+        format_ms: ms(t),
+    })
 }
 
-fn score(model: &Model, x: &Array2<f64>, parallel: bool) -> Result<ndarray::Array1<f64>, ModelError> {
-    if parallel { model.decision_function_parallel(x.view()) } else { model.decision_function(x.view()) }
+fn score(
+    model: &Model,
+    x: &Array2<f64>,
+    parallel: bool,
+) -> Result<ndarray::Array1<f64>, ModelError> {
+    if parallel {
+        model.decision_function_parallel(x.view())
+    } else {
+        model.decision_function(x.view())
+    }
 }
 
 /// Reads every selected sensor's readings from a data URL (long CSV or partitioned prefix),
@@ -509,8 +614,12 @@ pub async fn read_readings(
         files.push(data.clone());
     } else {
         for path in data.list().await? {
-            let Some(rel) = data.relative(&path) else { continue };
-            let Some(sensor) = crate::data::partition::sensor_of_part(&rel) else { continue };
+            let Some(rel) = data.relative(&path) else {
+                continue;
+            };
+            let Some(sensor) = crate::data::partition::sensor_of_part(&rel) else {
+                continue;
+            };
             if select.is_none_or(|s| s.contains(&sensor)) {
                 files.push(data.child(&rel));
             }
@@ -518,7 +627,11 @@ pub async fn read_readings(
     }
     for file in files {
         let buf = file.get().await?;
-        let opts = CsvOptions { strict: false, parse_time, select };
+        let opts = CsvOptions {
+            strict: false,
+            parse_time,
+            select,
+        };
         let p = parse(&file.url, &buf, &opts)?;
         bad_rows += p.bad_rows;
         for (sensor, series) in p.sensors {
@@ -542,9 +655,14 @@ mod tests {
 
     #[test]
     fn a_summary_fails_when_a_sensor_or_a_strict_data_check_failed() {
-        let mut s = FleetSummary { sensors: 2, succeeded: 2, ..FleetSummary::default() };
+        let mut s = FleetSummary {
+            sensors: 2,
+            succeeded: 2,
+            ..FleetSummary::default()
+        };
         assert!(s.all_succeeded());
-        s.data_errors.push("x.csv:3: field row: expected 4 fields, found 3".into());
+        s.data_errors
+            .push("x.csv:3: field row: expected 4 fields, found 3".into());
         assert!(!s.all_succeeded());
         s.data_errors.clear();
         s.failed = 1;

@@ -56,7 +56,11 @@ impl ScoringKernel {
         // has (AVX-512, else AVX2+FMA, else the SSE2 baseline); everything below is inlined into
         // it so the compiler vectorises it for that set. Results are bit-identical either way:
         // Rust never fuses a*b+c on its own, and mul_add is a true FMA in both.
-        pulp::Arch::new().dispatch(Decide { kernel: self, x, out })
+        pulp::Arch::new().dispatch(Decide {
+            kernel: self,
+            x,
+            out,
+        })
     }
 
     #[inline(always)]
@@ -64,7 +68,10 @@ impl ScoringKernel {
         let d = self.n_features;
         let mut zt = vec![[0.0f64; BLOCK]; d];
         let mut acc = [0.0f64; BLOCK];
-        for (block, out_block) in x.axis_chunks_iter(Axis(0), BLOCK).zip(out.chunks_mut(BLOCK)) {
+        for (block, out_block) in x
+            .axis_chunks_iter(Axis(0), BLOCK)
+            .zip(out.chunks_mut(BLOCK))
+        {
             self.load_block(block, &mut zt);
             acc.fill(0.0);
             self.block::<L>(&zt, &mut acc);
@@ -83,7 +90,10 @@ impl ScoringKernel {
         out.par_chunks_mut(per).enumerate().for_each(|(i, chunk)| {
             let start = i * per;
             let end = start + chunk.len();
-            self.decide_into(x.slice_axis(Axis(0), ndarray::Slice::from(start..end)), chunk);
+            self.decide_into(
+                x.slice_axis(Axis(0), ndarray::Slice::from(start..end)),
+                chunk,
+            );
         });
     }
 
@@ -123,7 +133,9 @@ impl ScoringKernel {
                 8 => rbf_fixed::<8, L>(zt, &self.sv, &self.coef, self.gamma, acc),
                 _ => rbf_any(zt, &self.sv, &self.coef, self.gamma, acc),
             },
-            KernelKind::Linear | KernelKind::Poly | KernelKind::Sigmoid => self.dot_kernels(zt, acc),
+            KernelKind::Linear | KernelKind::Poly | KernelKind::Sigmoid => {
+                self.dot_kernels(zt, acc)
+            }
         }
     }
 
@@ -177,7 +189,8 @@ impl pulp::WithSimd for Decide<'_, '_, '_> {
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
         // Resolved at compile time per instruction set.
         if S::F64_LANES >= 8 {
-            self.kernel.decide_into_inline::<WIDE_LANES>(self.x, self.out);
+            self.kernel
+                .decide_into_inline::<WIDE_LANES>(self.x, self.out);
         } else {
             self.kernel.decide_into_inline::<LANES>(self.x, self.out);
         }
@@ -216,7 +229,9 @@ fn rbf_fixed<const D: usize, const L: usize>(
         let mut a = [0.0f64; L];
         a.copy_from_slice(acc_group);
         for (s, &c) in sv.chunks_exact(D).zip(coef) {
-            let Ok(s) = <&[f64; D]>::try_from(s) else { continue };
+            let Ok(s) = <&[f64; D]>::try_from(s) else {
+                continue;
+            };
             let mut dist = [0.0f64; L];
             for k in 0..D {
                 for l in 0..L {
@@ -322,7 +337,15 @@ mod tests {
             worst = worst.max(((got - want) / want).abs());
             x += 0.000_731_3;
         }
-        for x in [0.0, -0.0, -1e-300, 1e-300, -0.5 * std::f64::consts::LN_2, 1.0, -1.0] {
+        for x in [
+            0.0,
+            -0.0,
+            -1e-300,
+            1e-300,
+            -0.5 * std::f64::consts::LN_2,
+            1.0,
+            -1.0,
+        ] {
             let (want, got) = (f64::exp(x), exp_fast(x));
             worst = worst.max(((got - want) / want).abs());
         }
@@ -358,27 +381,49 @@ mod tests {
     fn every_instruction_set_gives_the_same_bits() {
         // The dispatcher picks AVX-512, AVX2+FMA or the SSE2 baseline by CPU: a model must score
         // bit-identically on every one, so results never depend on the node a pod lands on.
-        for kind in [KernelKind::Rbf, KernelKind::Linear, KernelKind::Poly, KernelKind::Sigmoid] {
+        for kind in [
+            KernelKind::Rbf,
+            KernelKind::Linear,
+            KernelKind::Poly,
+            KernelKind::Sigmoid,
+        ] {
             for (d, n_sv) in [(1, 22), (3, 5), (8, 73), (11, 9)] {
                 let kernel = sample_kernel(kind, d, n_sv);
                 // Not a whole number of blocks, so the tail is covered too.
                 let rows = 3 * BLOCK + 17;
-                let x = ndarray::Array2::from_shape_fn((rows, d), |(r, k)| 80.0 + 6.0 * ((r * d + k) as f64 * 0.61).sin());
+                let x = ndarray::Array2::from_shape_fn((rows, d), |(r, k)| {
+                    80.0 + 6.0 * ((r * d + k) as f64 * 0.61).sin()
+                });
                 let run = |simd: &dyn Fn(Decide<'_, '_, '_>)| {
                     let mut out = vec![0.0; rows];
-                    simd(Decide { kernel: &kernel, x: x.view(), out: &mut out });
+                    simd(Decide {
+                        kernel: &kernel,
+                        x: x.view(),
+                        out: &mut out,
+                    });
                     out.iter().map(|v| v.to_bits()).collect::<Vec<u64>>()
                 };
                 let baseline = run(&|op| pulp::WithSimd::with_simd(op, pulp::Scalar::new()));
                 let dispatched = run(&|op| pulp::Arch::new().dispatch(op));
-                assert_eq!(dispatched, baseline, "{kind:?} d={d}: dispatched vs baseline");
+                assert_eq!(
+                    dispatched, baseline,
+                    "{kind:?} d={d}: dispatched vs baseline"
+                );
                 #[cfg(target_arch = "x86_64")]
                 {
                     if let Some(v3) = pulp::x86::V3::try_new() {
-                        assert_eq!(run(&|op| v3.vectorize(|| pulp::WithSimd::with_simd(op, v3))), baseline, "{kind:?} d={d}: AVX2");
+                        assert_eq!(
+                            run(&|op| v3.vectorize(|| pulp::WithSimd::with_simd(op, v3))),
+                            baseline,
+                            "{kind:?} d={d}: AVX2"
+                        );
                     }
                     if let Some(v4) = pulp::x86::V4::try_new() {
-                        assert_eq!(run(&|op| v4.vectorize(|| pulp::WithSimd::with_simd(op, v4))), baseline, "{kind:?} d={d}: AVX-512");
+                        assert_eq!(
+                            run(&|op| v4.vectorize(|| pulp::WithSimd::with_simd(op, v4))),
+                            baseline,
+                            "{kind:?} d={d}: AVX-512"
+                        );
                     }
                 }
             }

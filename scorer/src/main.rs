@@ -19,7 +19,9 @@ use fleetscore_scorer::data::aggregate::{Aggregation, aggregate, parse_interval_
 use fleetscore_scorer::data::generate::{GenerateSpec, generate};
 use fleetscore_scorer::data::partition::partition;
 use fleetscore_scorer::data::time::parse_timestamp_ms;
-use fleetscore_scorer::fleet::{FleetError, FleetSpec, SensorSelection, read_readings, score_fleet};
+use fleetscore_scorer::fleet::{
+    FleetError, FleetSpec, SensorSelection, read_readings, score_fleet,
+};
 use fleetscore_scorer::model::Model;
 use fleetscore_scorer::model::train::{Gamma, TrainParams, train};
 use fleetscore_scorer::output::{Outcome, SensorRecord};
@@ -72,7 +74,13 @@ struct ScoreArgs {
     #[arg(long)]
     run_id: String,
     /// A sensor to score, DEVICE:TAG (repeat, or comma-separate, for several).
-    #[arg(long = "sensor", value_name = "DEVICE:TAG", value_delimiter = ',', required_unless_present = "all", conflicts_with = "all")]
+    #[arg(
+        long = "sensor",
+        value_name = "DEVICE:TAG",
+        value_delimiter = ',',
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
     sensors: Vec<SensorId>,
     /// Score every sensor that has a model under --models.
     #[arg(long)]
@@ -99,7 +107,12 @@ struct AggArgs {
     #[arg(long, value_name = "INTERVAL")]
     aggregate: Option<String>,
     /// Per-window features, in the model's input order (with --aggregate).
-    #[arg(long, value_name = "LIST", default_value = "mean", requires = "aggregate")]
+    #[arg(
+        long,
+        value_name = "LIST",
+        default_value = "mean",
+        requires = "aggregate"
+    )]
     features: String,
 }
 
@@ -212,20 +225,29 @@ struct Failure {
 
 impl Failure {
     fn usage(error: impl Into<anyhow::Error>) -> Self {
-        Self { code: 2, error: error.into() }
+        Self {
+            code: 2,
+            error: error.into(),
+        }
     }
 }
 
 impl<E: Into<anyhow::Error>> From<E> for Failure {
     fn from(e: E) -> Self {
-        Self { code: 1, error: e.into() }
+        Self {
+            code: 1,
+            error: e.into(),
+        }
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -287,7 +309,11 @@ async fn score(a: ScoreArgs) -> Result<ExitCode, Failure> {
         data: a.data,
         output: a.output,
         run_id: a.run_id,
-        sensors: if a.all { SensorSelection::All } else { SensorSelection::List(a.sensors) },
+        sensors: if a.all {
+            SensorSelection::All
+        } else {
+            SensorSelection::List(a.sensors)
+        },
         aggregation,
         strict: a.strict,
         threads: a.threads,
@@ -352,7 +378,13 @@ async fn score(a: ScoreArgs) -> Result<ExitCode, Failure> {
         Err(e @ FleetError::Config(_)) => return Err(Failure::usage(e)),
         Err(e) => return Err(e.into()),
     };
-    println!("run {} ({} → {}/{})", spec.run_id, spec.data, spec.output.trim_end_matches('/'), spec.run_id);
+    println!(
+        "run {} ({} → {}/{})",
+        spec.run_id,
+        spec.data,
+        spec.output.trim_end_matches('/'),
+        spec.run_id
+    );
     print!("{}", summary.render());
     if a.json {
         println!("{}", serde_json::to_string(&summary).unwrap_or_default());
@@ -366,7 +398,11 @@ async fn score(a: ScoreArgs) -> Result<ExitCode, Failure> {
         wall_ms = summary.wall_ms,
         "run finished"
     );
-    Ok(if summary.all_succeeded() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if summary.all_succeeded() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn partition_cmd(a: PartitionArgs) -> Result<ExitCode, Failure> {
@@ -377,7 +413,9 @@ async fn partition_cmd(a: PartitionArgs) -> Result<ExitCode, Failure> {
     let read_s = start.elapsed().as_secs_f64();
     let file = a.input.clone();
     let size = buf.len();
-    let parts = tokio::task::spawn_blocking(move || partition(&file, &buf)).await.context("partition task")??;
+    let parts = tokio::task::spawn_blocking(move || partition(&file, &buf))
+        .await
+        .context("partition task")??;
     let rows: usize = parts.parts.iter().map(|p| p.rows).sum();
     let n = parts.parts.len();
     let mut writes = futures::stream::iter(parts.parts.into_iter().map(|p| {
@@ -402,8 +440,16 @@ async fn partition_cmd(a: PartitionArgs) -> Result<ExitCode, Failure> {
 
 async fn train_cmd(a: TrainArgs) -> Result<ExitCode, Failure> {
     let aggregation = a.agg.parse().map_err(Failure::usage)?;
-    let gamma: Gamma = a.gamma.parse().map_err(|e: String| Failure::usage(anyhow!(e)))?;
-    let params = TrainParams { nu: a.nu, gamma, max_rows: a.max_rows, ..TrainParams::default() };
+    let gamma: Gamma = a
+        .gamma
+        .parse()
+        .map_err(|e: String| Failure::usage(anyhow!(e)))?;
+    let params = TrainParams {
+        nu: a.nu,
+        gamma,
+        max_rows: a.max_rows,
+        ..TrainParams::default()
+    };
     let models = open(&a.models).map_err(storage_failure)?;
     let select: Option<HashSet<SensorId>> =
         (!a.sensors.is_empty()).then(|| a.sensors.iter().cloned().collect());
@@ -415,14 +461,18 @@ async fn train_cmd(a: TrainArgs) -> Result<ExitCode, Failure> {
     if readings.is_empty() {
         return Err(anyhow!("no readings for the selected sensors in {}", a.data).into());
     }
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(a.threads.unwrap_or(0)).build()?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(a.threads.unwrap_or(0))
+        .build()?;
     let fitted: Vec<(SensorId, Result<Vec<u8>, String>)> = pool.install(|| {
         readings
             .into_par_iter()
             .map(|(sensor, series)| {
                 let x = match &aggregation {
-                    None => ndarray::Array2::from_shape_vec((series.len(), 1), series.values.clone())
-                        .map_err(|e| e.to_string()),
+                    None => {
+                        ndarray::Array2::from_shape_vec((series.len(), 1), series.values.clone())
+                            .map_err(|e| e.to_string())
+                    }
                     Some(agg) => Ok(aggregate(agg, &series.time_ms, &series.values).x),
                 };
                 let r = x.and_then(|x| {
@@ -451,8 +501,16 @@ async fn train_cmd(a: TrainArgs) -> Result<ExitCode, Failure> {
             }
         }
     }
-    println!("trained {} of {total} sensors → {}", total - failed, a.models);
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    println!(
+        "trained {} of {total} sensors → {}",
+        total - failed,
+        a.models
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn generate_cmd(a: GenerateArgs) -> Result<ExitCode, Failure> {
@@ -461,7 +519,9 @@ async fn generate_cmd(a: GenerateArgs) -> Result<ExitCode, Failure> {
     let start_ms = parse_timestamp_ms(a.start.as_bytes())
         .ok_or_else(|| Failure::usage(anyhow!("--start {:?} is not a timestamp", a.start)))?;
     if !(0.0..=1.0).contains(&a.anomaly_rate) {
-        return Err(Failure::usage(anyhow!("--anomaly-rate must be within [0, 1]")));
+        return Err(Failure::usage(anyhow!(
+            "--anomaly-rate must be within [0, 1]"
+        )));
     }
     let spec = GenerateSpec {
         devices: a.devices,
@@ -520,7 +580,10 @@ async fn inspect(a: InspectArgs) -> Result<ExitCode, Failure> {
     }
     println!("intercept        {}", info.intercept);
     match info.scaler {
-        Some(s) => println!("scaler           StandardScaler(with_mean={}, with_std={})", s.with_mean, s.with_std),
+        Some(s) => println!(
+            "scaler           StandardScaler(with_mean={}, with_std={})",
+            s.with_mean, s.with_std
+        ),
         None => println!("scaler           none"),
     }
     Ok(ExitCode::SUCCESS)

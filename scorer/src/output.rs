@@ -10,19 +10,29 @@ pub const PREDS_HEADER: &str = "TS,Device,Tag,Val,Prediction,Score";
 
 /// Path of a sensor's predictions, relative to the output URL.
 pub fn preds_path(run_id: &str, sensor: &SensorId) -> String {
-    format!("{run_id}/preds/preds_{}_{}.csv", path_segment(&sensor.device), path_segment(&sensor.tag))
+    format!(
+        "{run_id}/preds/preds_{}_{}.csv",
+        path_segment(&sensor.device),
+        path_segment(&sensor.tag)
+    )
 }
 
 /// Path of a sensor's log record, relative to the output URL.
 pub fn log_path(run_id: &str, sensor: &SensorId) -> String {
-    format!("{run_id}/logs/{}_{}.json", path_segment(&sensor.device), path_segment(&sensor.tag))
+    format!(
+        "{run_id}/logs/{}_{}.json",
+        path_segment(&sensor.device),
+        path_segment(&sensor.tag)
+    )
 }
 
 /// Makes a device or tag safe inside one path segment: `%` and `/` are percent-encoded, so a
 /// name from the data can never reach another directory.
 pub fn path_segment(s: &str) -> String {
     if s.contains(['/', '%', '\\']) {
-        s.replace('%', "%25").replace('/', "%2F").replace('\\', "%5C")
+        s.replace('%', "%25")
+            .replace('/', "%2F")
+            .replace('\\', "%5C")
     } else {
         s.to_string()
     }
@@ -31,7 +41,9 @@ pub fn path_segment(s: &str) -> String {
 /// The inverse of [`path_segment`].
 pub fn decode_path_segment(s: &str) -> String {
     if s.contains('%') {
-        s.replace("%2F", "/").replace("%5C", "\\").replace("%25", "%")
+        s.replace("%2F", "/")
+            .replace("%5C", "\\")
+            .replace("%25", "%")
     } else {
         s.to_string()
     }
@@ -116,8 +128,12 @@ impl SensorRecord {
     /// The record as one line of JSON.
     pub fn to_json_line(&self) -> Vec<u8> {
         let mut v = serde_json::to_vec(self).unwrap_or_else(|e| {
-            format!("{{\"sensor\":{:?},\"outcome\":\"Failed\",\"error\":{:?}}}", self.sensor, e.to_string())
-                .into_bytes()
+            format!(
+                "{{\"sensor\":{:?},\"outcome\":\"Failed\",\"error\":{:?}}}",
+                self.sensor,
+                e.to_string()
+            )
+            .into_bytes()
         });
         v.push(b'\n');
         v
@@ -137,22 +153,30 @@ impl PredsWriter {
         let mut buf = Vec::with_capacity(64 + rows * 56);
         buf.extend_from_slice(PREDS_HEADER.as_bytes());
         buf.push(b'\n');
-        let label = format!(",{},{},", csv_field(&sensor.device), csv_field(&sensor.tag)).into_bytes();
-        Self { buf, label, ryu: ryu::Buffer::new() }
+        let label =
+            format!(",{},{},", csv_field(&sensor.device), csv_field(&sensor.tag)).into_bytes();
+        Self {
+            buf,
+            label,
+            ryu: ryu::Buffer::new(),
+        }
     }
 
     /// Appends one row.
     pub fn row(&mut self, ts: &[u8], val: f64, anomaly: bool, score: f64) {
         let quote = ts.contains(&b',') || ts.contains(&b'"');
         if quote {
-            self.buf.extend_from_slice(csv_field(&String::from_utf8_lossy(ts)).as_bytes());
+            self.buf
+                .extend_from_slice(csv_field(&String::from_utf8_lossy(ts)).as_bytes());
         } else {
             self.buf.extend_from_slice(ts);
         }
         self.buf.extend_from_slice(&self.label);
         self.buf.extend_from_slice(self.ryu.format(val).as_bytes());
-        self.buf.extend_from_slice(if anomaly { b",1," } else { b",0," });
-        self.buf.extend_from_slice(self.ryu.format(score).as_bytes());
+        self.buf
+            .extend_from_slice(if anomaly { b",1," } else { b",0," });
+        self.buf
+            .extend_from_slice(self.ryu.format(score).as_bytes());
         self.buf.push(b'\n');
     }
 

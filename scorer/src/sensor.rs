@@ -25,7 +25,10 @@ pub struct SensorId {
 impl SensorId {
     /// A sensor from its device and tag.
     pub fn new(device: impl Into<String>, tag: impl Into<String>) -> Self {
-        Self { device: device.into(), tag: tag.into() }
+        Self {
+            device: device.into(),
+            tag: tag.into(),
+        }
     }
 
     /// The model's object name without extension: `model_<D>_<T>`.
@@ -94,9 +97,18 @@ mod tests {
 
     #[test]
     fn model_file_names_map_back_to_sensors() {
-        assert_eq!(SensorId::from_model_file_name("model_1_4.pkl"), Some(SensorId::new("1", "4")));
-        assert_eq!(SensorId::from_model_file_name("model_12_7"), Some(SensorId::new("12", "7")));
-        assert_eq!(SensorId::from_model_file_name("model_1_4.json"), Some(SensorId::new("1", "4")));
+        assert_eq!(
+            SensorId::from_model_file_name("model_1_4.pkl"),
+            Some(SensorId::new("1", "4"))
+        );
+        assert_eq!(
+            SensorId::from_model_file_name("model_12_7"),
+            Some(SensorId::new("12", "7"))
+        );
+        assert_eq!(
+            SensorId::from_model_file_name("model_1_4.json"),
+            Some(SensorId::new("1", "4"))
+        );
         assert_eq!(SensorId::from_model_file_name("model_1_4.txt"), None);
         assert_eq!(SensorId::from_model_file_name("readme.md"), None);
     }

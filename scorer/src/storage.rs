@@ -93,8 +93,15 @@ impl Location {
 
     /// Reads the whole object.
     pub async fn get(&self) -> Result<Bytes, StorageError> {
-        let result = self.store.get(&self.path).await.map_err(|source| self.err("read", source))?;
-        result.bytes().await.map_err(|source| self.err("read", source))
+        let result = self
+            .store
+            .get(&self.path)
+            .await
+            .map_err(|source| self.err("read", source))?;
+        result
+            .bytes()
+            .await
+            .map_err(|source| self.err("read", source))
     }
 
     /// Writes (or overwrites) the whole object.
@@ -108,7 +115,11 @@ impl Location {
 
     /// Lists every object under this prefix (recursively), sorted by path.
     pub async fn list(&self) -> Result<Vec<Path>, StorageError> {
-        let prefix = if self.path.as_ref().is_empty() { None } else { Some(&self.path) };
+        let prefix = if self.path.as_ref().is_empty() {
+            None
+        } else {
+            Some(&self.path)
+        };
         let mut paths: Vec<Path> = self
             .store
             .list(prefix)
@@ -127,18 +138,28 @@ impl Location {
 
     /// The object's path relative to this prefix (`a/b.csv`), or None when it is not below it.
     pub fn relative(&self, object: &Path) -> Option<String> {
-        let parts: Vec<_> = object.prefix_match(&self.path)?.map(|p| p.as_ref().to_string()).collect();
+        let parts: Vec<_> = object
+            .prefix_match(&self.path)?
+            .map(|p| p.as_ref().to_string())
+            .collect();
         Some(parts.join("/"))
     }
 
     fn err(&self, op: &'static str, source: object_store::Error) -> StorageError {
-        StorageError::Request { op, location: format!("{} ({})", self.url, self.path), source }
+        StorageError::Request {
+            op,
+            location: format!("{} ({})", self.url, self.path),
+            source,
+        }
     }
 }
 
 /// Opens a URL: a local path, `file:///...`, or `az://<container>/<path>`.
 pub fn open(url: &str) -> Result<Location, StorageError> {
-    if let Some(rest) = url.strip_prefix("az://").or_else(|| url.strip_prefix("azure://")) {
+    if let Some(rest) = url
+        .strip_prefix("az://")
+        .or_else(|| url.strip_prefix("azure://"))
+    {
         let (container, path) = rest.split_once('/').unwrap_or((rest, ""));
         if container.is_empty() {
             return Err(StorageError::BadUrl {
@@ -147,7 +168,11 @@ pub fn open(url: &str) -> Result<Location, StorageError> {
             });
         }
         let store = azure_store(url, container)?;
-        return Ok(Location { store, path: Path::from(path.trim_matches('/')), url: url.to_string() });
+        return Ok(Location {
+            store,
+            path: Path::from(path.trim_matches('/')),
+            url: url.to_string(),
+        });
     }
     if let Some(rest) = url.strip_prefix("file://") {
         return open_local(url, rest);
@@ -162,7 +187,10 @@ pub fn open(url: &str) -> Result<Location, StorageError> {
 }
 
 fn open_local(url: &str, path: &str) -> Result<Location, StorageError> {
-    let local_err = |reason: String| StorageError::LocalPath { path: path.to_string(), reason };
+    let local_err = |reason: String| StorageError::LocalPath {
+        path: path.to_string(),
+        reason,
+    };
     let abs = std::path::absolute(path).map_err(|e| local_err(e.to_string()))?;
     let store_path = Path::from_absolute_path(&abs).map_err(|e| local_err(e.to_string()))?;
     Ok(Location {
@@ -178,11 +206,18 @@ fn azure_store(url: &str, container: &str) -> Result<Arc<dyn ObjectStore>, Stora
     for (var, key) in [
         ("AZURE_STORAGE_ACCOUNT_KEY_FILE", AzureConfigKey::AccessKey),
         ("AZURE_STORAGE_SAS_KEY_FILE", AzureConfigKey::SasKey),
-        ("AZURE_STORAGE_ACCOUNT_NAME_FILE", AzureConfigKey::AccountName),
+        (
+            "AZURE_STORAGE_ACCOUNT_NAME_FILE",
+            AzureConfigKey::AccountName,
+        ),
     ] {
         if let Ok(file) = std::env::var(var) {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|source| StorageError::CredentialFile { path: file.clone(), var, source })?;
+            let text =
+                std::fs::read_to_string(&file).map_err(|source| StorageError::CredentialFile {
+                    path: file.clone(),
+                    var,
+                    source,
+                })?;
             builder = builder.with_config(key, text.trim());
         }
     }
@@ -194,7 +229,10 @@ fn azure_store(url: &str, container: &str) -> Result<Arc<dyn ObjectStore>, Stora
     let store = builder
         .with_retry(retry)
         .build()
-        .map_err(|source| StorageError::Azure { url: url.to_string(), source })?;
+        .map_err(|source| StorageError::Azure {
+            url: url.to_string(),
+            source,
+        })?;
     Ok(Arc::new(store))
 }
 
@@ -206,11 +244,23 @@ mod tests {
     async fn local_paths_write_read_and_list_below_a_prefix() {
         let dir = tempfile::tempdir().unwrap();
         let root = open(dir.path().to_str().unwrap()).unwrap();
-        root.child("a/b/c.csv").put(Bytes::from_static(b"x")).await.unwrap();
-        root.child("a/d.csv").put(Bytes::from_static(b"y")).await.unwrap();
-        assert_eq!(root.child("a/b/c.csv").get().await.unwrap(), Bytes::from_static(b"x"));
+        root.child("a/b/c.csv")
+            .put(Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        root.child("a/d.csv")
+            .put(Bytes::from_static(b"y"))
+            .await
+            .unwrap();
+        assert_eq!(
+            root.child("a/b/c.csv").get().await.unwrap(),
+            Bytes::from_static(b"x")
+        );
         let listed = root.child("a").list().await.unwrap();
-        let rel: Vec<_> = listed.iter().filter_map(|p| root.child("a").relative(p)).collect();
+        let rel: Vec<_> = listed
+            .iter()
+            .filter_map(|p| root.child("a").relative(p))
+            .collect();
         assert_eq!(rel, vec!["b/c.csv".to_string(), "d.csv".to_string()]);
         let missing = root.child("nothing-here").list().await.unwrap();
         assert!(missing.is_empty());
@@ -219,7 +269,10 @@ mod tests {
     #[test]
     fn file_urls_and_unknown_schemes_are_told_apart() {
         assert!(open("file:///tmp/x").is_ok());
-        assert!(matches!(open("s3://bucket/x"), Err(StorageError::BadUrl { .. })));
+        assert!(matches!(
+            open("s3://bucket/x"),
+            Err(StorageError::BadUrl { .. })
+        ));
         assert!(matches!(open("az:///x"), Err(StorageError::BadUrl { .. })));
     }
 }

@@ -20,18 +20,47 @@ fn code(o: &Output) -> i32 {
 }
 
 fn text(o: &Output) -> String {
-    format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// A temp dir with `data.csv` (3 devices × 2 tags, 6 h of minutes) and native models for all.
 fn fleet() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let o = run(
-        &["generate", "--output", "data.csv", "--devices", "3", "--tags", "2", "--duration", "6h", "--anomaly-rate", "0.01"],
+        &[
+            "generate",
+            "--output",
+            "data.csv",
+            "--devices",
+            "3",
+            "--tags",
+            "2",
+            "--duration",
+            "6h",
+            "--anomaly-rate",
+            "0.01",
+        ],
         dir.path(),
     );
     assert_eq!(code(&o), 0, "{}", text(&o));
-    let o = run(&["train", "--data", "data.csv", "--models", "models", "--max-rows", "200", "--nu", "0.05"], dir.path());
+    let o = run(
+        &[
+            "train",
+            "--data",
+            "data.csv",
+            "--models",
+            "models",
+            "--max-rows",
+            "200",
+            "--nu",
+            "0.05",
+        ],
+        dir.path(),
+    );
     assert_eq!(code(&o), 0, "{}", text(&o));
     dir
 }
@@ -44,9 +73,19 @@ fn read(dir: &Path, rel: &str) -> String {
 fn scoring_every_sensor_exits_zero_and_writes_predictions_and_logs() {
     let dir = fleet();
     let d = dir.path();
-    let o = run(&["score", "--models", "models", "--data", "data.csv", "--output", "out", "--run-id", "r1", "--all"], d);
+    let o = run(
+        &[
+            "score", "--models", "models", "--data", "data.csv", "--output", "out", "--run-id",
+            "r1", "--all",
+        ],
+        d,
+    );
     assert_eq!(code(&o), 0, "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("succeeded    6"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("succeeded    6"),
+        "{}",
+        text(&o)
+    );
     let preds = read(d, "out/r1/preds/preds_2_1.csv");
     let mut lines = preds.lines();
     assert_eq!(lines.next(), Some("TS,Device,Tag,Val,Prediction,Score"));
@@ -68,13 +107,24 @@ fn scoring_every_sensor_exits_zero_and_writes_predictions_and_logs() {
 fn a_rerun_overwrites_its_outputs_instead_of_adding_new_ones() {
     let dir = fleet();
     let d = dir.path();
-    let args = ["score", "--models", "models", "--data", "data.csv", "--output", "out", "--run-id", "again", "--sensor", "1:1"];
+    let args = [
+        "score", "--models", "models", "--data", "data.csv", "--output", "out", "--run-id",
+        "again", "--sensor", "1:1",
+    ];
     assert_eq!(code(&run(&args, d)), 0);
     let before = read(d, "out/again/preds/preds_1_1.csv");
     assert_eq!(code(&run(&args, d)), 0);
     assert_eq!(read(d, "out/again/preds/preds_1_1.csv"), before);
-    assert_eq!(std::fs::read_dir(d.join("out/again/preds")).unwrap().count(), 1);
-    assert_eq!(std::fs::read_dir(d.join("out/again/logs")).unwrap().count(), 1);
+    assert_eq!(
+        std::fs::read_dir(d.join("out/again/preds"))
+            .unwrap()
+            .count(),
+        1
+    );
+    assert_eq!(
+        std::fs::read_dir(d.join("out/again/logs")).unwrap().count(),
+        1
+    );
 }
 
 #[test]
@@ -82,11 +132,18 @@ fn a_failing_sensor_never_hides_the_others_and_the_exit_code_is_one() {
     let dir = fleet();
     let d = dir.path();
     let o = run(
-        &["score", "--models", "models", "--data", "data.csv", "--output", "out", "--run-id", "r", "--sensor", "1:1", "--sensor", "7:7"],
+        &[
+            "score", "--models", "models", "--data", "data.csv", "--output", "out", "--run-id",
+            "r", "--sensor", "1:1", "--sensor", "7:7",
+        ],
         d,
     );
     assert_eq!(code(&o), 1, "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("no model model_7_7"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("no model model_7_7"),
+        "{}",
+        text(&o)
+    );
     assert!(d.join("out/r/preds/preds_1_1.csv").exists());
     let log: serde_json::Value = serde_json::from_str(&read(d, "out/r/logs/7_7.json")).unwrap();
     assert_eq!(log["outcome"], "Failed");
@@ -98,11 +155,35 @@ fn usage_errors_exit_two() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     for args in [
-        vec!["score", "--models", "m", "--data", "x.csv", "--output", "o", "--all"],
-        vec!["score", "--models", "m", "--data", "x.csv", "--output", "o", "--run-id", "r", "--sensor", "1-4"],
-        vec!["score", "--models", "m", "--data", "x.csv", "--output", "o", "--run-id", "r", "--all", "--aggregate", "5q"],
-        vec!["score", "--models", "m", "--data", "x.csv", "--output", "o", "--run-id", "r", "--all", "--sensor", "1:4"],
-        vec!["score", "--models", "s3://b/m", "--data", "x.csv", "--output", "o", "--run-id", "r", "--all"],
+        vec![
+            "score", "--models", "m", "--data", "x.csv", "--output", "o", "--all",
+        ],
+        vec![
+            "score", "--models", "m", "--data", "x.csv", "--output", "o", "--run-id", "r",
+            "--sensor", "1-4",
+        ],
+        vec![
+            "score",
+            "--models",
+            "m",
+            "--data",
+            "x.csv",
+            "--output",
+            "o",
+            "--run-id",
+            "r",
+            "--all",
+            "--aggregate",
+            "5q",
+        ],
+        vec![
+            "score", "--models", "m", "--data", "x.csv", "--output", "o", "--run-id", "r", "--all",
+            "--sensor", "1:4",
+        ],
+        vec![
+            "score", "--models", "s3://b/m", "--data", "x.csv", "--output", "o", "--run-id", "r",
+            "--all",
+        ],
         vec!["no-such-command"],
     ] {
         let o = run(&args, d);
@@ -126,17 +207,30 @@ fn help_describes_every_command() {
 fn the_partitioned_layout_gives_the_same_predictions_as_the_long_csv() {
     let dir = fleet();
     let d = dir.path();
-    let o = run(&["partition", "--input", "data.csv", "--output", "parts"], d);
+    let o = run(
+        &["partition", "--input", "data.csv", "--output", "parts"],
+        d,
+    );
     assert_eq!(code(&o), 0, "{}", text(&o));
     assert!(d.join("parts/device=3/tag=2/part-0.csv").exists());
     let base = ["score", "--models", "models", "--output", "out", "--all"];
-    let o = run(&[&base[..], &["--data", "data.csv", "--run-id", "long"]].concat(), d);
+    let o = run(
+        &[&base[..], &["--data", "data.csv", "--run-id", "long"]].concat(),
+        d,
+    );
     assert_eq!(code(&o), 0, "{}", text(&o));
-    let o = run(&[&base[..], &["--data", "parts", "--run-id", "parts"]].concat(), d);
+    let o = run(
+        &[&base[..], &["--data", "parts", "--run-id", "parts"]].concat(),
+        d,
+    );
     assert_eq!(code(&o), 0, "{}", text(&o));
     for s in ["1_1", "2_2", "3_2"] {
         let rel = format!("preds/preds_{s}.csv");
-        assert_eq!(read(d, &format!("out/long/{rel}")), read(d, &format!("out/parts/{rel}")), "{s}");
+        assert_eq!(
+            read(d, &format!("out/long/{rel}")),
+            read(d, &format!("out/parts/{rel}")),
+            "{s}"
+        );
     }
 }
 
@@ -147,21 +241,33 @@ fn bad_values_are_skipped_and_counted_or_fail_the_sensor_under_strict() {
     let mut csv = read(d, "data.csv");
     csv.push_str("2018-08-29 05:00:00.000,1,1,\n2018-08-29 05:01:00.000,1,1,oops\n");
     std::fs::write(d.join("bad.csv"), &csv).unwrap();
-    let base = ["score", "--models", "models", "--data", "bad.csv", "--output", "out", "--sensor", "1:1,1:2"];
+    let base = [
+        "score", "--models", "models", "--data", "bad.csv", "--output", "out", "--sensor",
+        "1:1,1:2",
+    ];
     let o = run(&[&base[..], &["--run-id", "lenient"]].concat(), d);
     assert_eq!(code(&o), 0, "{}", text(&o));
-    let log: serde_json::Value = serde_json::from_str(&read(d, "out/lenient/logs/1_1.json")).unwrap();
+    let log: serde_json::Value =
+        serde_json::from_str(&read(d, "out/lenient/logs/1_1.json")).unwrap();
     assert_eq!(log["skipped_rows"], 2);
 
-    let o = run(&[&base[..], &["--run-id", "strict", "--strict"]].concat(), d);
+    let o = run(
+        &[&base[..], &["--run-id", "strict", "--strict"]].concat(),
+        d,
+    );
     assert_eq!(code(&o), 1, "{}", text(&o));
-    let log: serde_json::Value = serde_json::from_str(&read(d, "out/strict/logs/1_1.json")).unwrap();
+    let log: serde_json::Value =
+        serde_json::from_str(&read(d, "out/strict/logs/1_1.json")).unwrap();
     assert_eq!(log["outcome"], "Failed");
     let err = log["error"].as_str().unwrap();
     let line = csv.lines().count() - 1;
-    assert!(err.contains(&format!("bad.csv:{line}")) && err.contains("Value"), "{err}");
+    assert!(
+        err.contains(&format!("bad.csv:{line}")) && err.contains("Value"),
+        "{err}"
+    );
     // The sensor without bad rows still succeeds.
-    let log: serde_json::Value = serde_json::from_str(&read(d, "out/strict/logs/1_2.json")).unwrap();
+    let log: serde_json::Value =
+        serde_json::from_str(&read(d, "out/strict/logs/1_2.json")).unwrap();
     assert_eq!(log["outcome"], "Succeeded");
 }
 
@@ -170,23 +276,75 @@ fn aggregated_features_must_match_the_model_and_then_score_windows() {
     let dir = fleet();
     let d = dir.path();
     let o = run(
-        &["train", "--data", "data.csv", "--models", "agg-models", "--aggregate", "5m", "--features", "mean,std,max", "--sensor", "1:1"],
+        &[
+            "train",
+            "--data",
+            "data.csv",
+            "--models",
+            "agg-models",
+            "--aggregate",
+            "5m",
+            "--features",
+            "mean,std,max",
+            "--sensor",
+            "1:1",
+        ],
         d,
     );
     assert_eq!(code(&o), 0, "{}", text(&o));
     let o = run(
-        &["score", "--models", "agg-models", "--data", "data.csv", "--output", "out", "--run-id", "agg", "--sensor", "1:1", "--aggregate", "5m", "--features", "mean,std,max"],
+        &[
+            "score",
+            "--models",
+            "agg-models",
+            "--data",
+            "data.csv",
+            "--output",
+            "out",
+            "--run-id",
+            "agg",
+            "--sensor",
+            "1:1",
+            "--aggregate",
+            "5m",
+            "--features",
+            "mean,std,max",
+        ],
         d,
     );
     assert_eq!(code(&o), 0, "{}", text(&o));
     let preds = read(d, "out/agg/preds/preds_1_1.csv");
     assert_eq!(preds.lines().count(), 1 + 72);
-    assert!(preds.lines().nth(2).unwrap().starts_with("2018-08-28 23:05:00.000,1,1,"));
+    assert!(
+        preds
+            .lines()
+            .nth(2)
+            .unwrap()
+            .starts_with("2018-08-28 23:05:00.000,1,1,")
+    );
     // Raw values (one feature) against a three-feature model: the sensor fails, naming it.
-    let o = run(&["score", "--models", "agg-models", "--data", "data.csv", "--output", "out", "--run-id", "raw", "--sensor", "1:1"], d);
+    let o = run(
+        &[
+            "score",
+            "--models",
+            "agg-models",
+            "--data",
+            "data.csv",
+            "--output",
+            "out",
+            "--run-id",
+            "raw",
+            "--sensor",
+            "1:1",
+        ],
+        d,
+    );
     assert_eq!(code(&o), 1);
     let log: serde_json::Value = serde_json::from_str(&read(d, "out/raw/logs/1_1.json")).unwrap();
-    assert!(log["error"].as_str().unwrap().contains("expects 3 feature"), "{log}");
+    assert!(
+        log["error"].as_str().unwrap().contains("expects 3 feature"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -195,7 +353,10 @@ fn inspect_model_prints_text_or_json() {
     let o = run(&["inspect-model", "models/model_1_1.json"], dir.path());
     assert_eq!(code(&o), 0, "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("support vectors"));
-    let o = run(&["inspect-model", "--json", "models/model_1_1.json"], dir.path());
+    let o = run(
+        &["inspect-model", "--json", "models/model_1_1.json"],
+        dir.path(),
+    );
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["n_features"], 1);
     let o = run(&["inspect-model", "models/missing.json"], dir.path());

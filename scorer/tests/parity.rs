@@ -40,24 +40,44 @@ fn make_fixtures() -> Option<tempfile::TempDir> {
         None
     };
     let Some(py) = python() else {
-        return missing("no Python found (set FLEETSCORE_PYTHON or create ~/.cache/fleetscore/venv)".into());
+        return missing(
+            "no Python found (set FLEETSCORE_PYTHON or create ~/.cache/fleetscore/venv)".into(),
+        );
     };
-    let check = Command::new(&py).args(["-c", "import sklearn, joblib, numpy"]).output();
+    let check = Command::new(&py)
+        .args(["-c", "import sklearn, joblib, numpy"])
+        .output();
     match check {
         Ok(o) if o.status.success() => {}
-        Ok(o) => return missing(format!("{} cannot import sklearn: {}", py.display(), String::from_utf8_lossy(&o.stderr))),
+        Ok(o) => {
+            return missing(format!(
+                "{} cannot import sklearn: {}",
+                py.display(),
+                String::from_utf8_lossy(&o.stderr)
+            ));
+        }
         Err(e) => return missing(format!("cannot run {}: {e}", py.display())),
     }
     let dir = tempfile::tempdir().unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/make_fixtures.py");
-    let out = Command::new(&py).arg(&script).arg(dir.path()).output().unwrap();
-    assert!(out.status.success(), "make_fixtures.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(&py)
+        .arg(&script)
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "make_fixtures.py failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Some(dir)
 }
 
 fn read_f64(path: &Path) -> Vec<f64> {
     let b = std::fs::read(path).unwrap();
-    b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
+    b.chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 fn manifest(dir: &Path) -> serde_json::Value {
@@ -85,7 +105,11 @@ fn cases(dir: &Path) -> Vec<Case> {
             let flat = read_f64(&dir.join(format!("{name}.rows.f64")));
             let rows = Array2::from_shape_vec((flat.len() / d, d), flat).unwrap();
             let dec = read_f64(&dir.join(format!("{name}.dec.f64")));
-            let pred = std::fs::read(dir.join(format!("{name}.pred.i8"))).unwrap().into_iter().map(|b| b as i8).collect();
+            let pred = std::fs::read(dir.join(format!("{name}.pred.i8")))
+                .unwrap()
+                .into_iter()
+                .map(|b| b as i8)
+                .collect();
             Case {
                 name,
                 rows,
@@ -106,10 +130,15 @@ fn compare(case: &Case, label: &str, got: &[f64]) -> Vec<String> {
         // Written so that a NaN decision fails too.
         let close = (g - want).abs() <= tol;
         if !close {
-            bad.push(format!("{label} row {r}: decision {g:e} vs sklearn {want:e} (tol {tol:e})"));
+            bad.push(format!(
+                "{label} row {r}: decision {g:e} vs sklearn {want:e} (tol {tol:e})"
+            ));
         }
         if i8::from(is_anomaly(*g)) != *p {
-            bad.push(format!("{label} row {r}: label {} vs sklearn {p} (decision {g:e})", is_anomaly(*g)));
+            bad.push(format!(
+                "{label} row {r}: label {} vs sklearn {p} (decision {g:e})",
+                is_anomaly(*g)
+            ));
         }
     }
     bad
@@ -134,20 +163,35 @@ fn every_pickle_layout_scores_every_row_like_sklearn() {
             let info = model.info();
             let want_source = f["source"].as_str().unwrap();
             if !info.source.starts_with(want_source) {
-                failures.push(format!("{file}: source {:?}, expected {want_source:?}", info.source));
+                failures.push(format!(
+                    "{file}: source {:?}, expected {want_source:?}",
+                    info.source
+                ));
             }
             if let Some(v) = f.get("sklearn_version").and_then(|v| v.as_str())
                 && info.sklearn_version.as_deref() != Some(v)
             {
-                failures.push(format!("{file}: sklearn_version {:?}, expected {v}", info.sklearn_version));
+                failures.push(format!(
+                    "{file}: sklearn_version {:?}, expected {v}",
+                    info.sklearn_version
+                ));
             }
             let got = model.decision_function(case.rows.view()).unwrap();
-            failures.extend(compare(&case, file, got.as_slice().unwrap()).into_iter().take(3));
+            failures.extend(
+                compare(&case, file, got.as_slice().unwrap())
+                    .into_iter()
+                    .take(3),
+            );
             checked += 1;
         }
     }
     assert!(checked > 100, "only {checked} model files checked");
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -181,10 +225,20 @@ fn parallel_scoring_equals_serial_scoring() {
 #[test]
 fn data_far_from_zero_keeps_every_label() {
     let Some(dir) = fixtures() else { return };
-    let case = cases(dir).into_iter().find(|c| c.name == "rbf_1d_offset_1e5").unwrap();
-    let model = Model::from_bytes(&std::fs::read(dir.join(case.files[0]["file"].as_str().unwrap())).unwrap()).unwrap();
+    let case = cases(dir)
+        .into_iter()
+        .find(|c| c.name == "rbf_1d_offset_1e5")
+        .unwrap();
+    let model = Model::from_bytes(
+        &std::fs::read(dir.join(case.files[0]["file"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
     let got = model.decision_function(case.rows.view()).unwrap();
-    let flips = got.iter().zip(&case.pred).filter(|(g, p)| i8::from(is_anomaly(**g)) != **p).count();
+    let flips = got
+        .iter()
+        .zip(&case.pred)
+        .filter(|(g, p)| i8::from(is_anomaly(**g)) != **p)
+        .count();
     assert_eq!(flips, 0);
 }
 
@@ -196,6 +250,9 @@ fn unsupported_pickles_are_rejected_naming_what_they_hold() {
         let file = e["file"].as_str().unwrap();
         let needle = e["needle"].as_str().unwrap();
         let err = Model::from_bytes(&std::fs::read(dir.join(file)).unwrap()).expect_err(file);
-        assert!(err.to_string().contains(needle), "{file}: error {err:?} does not name {needle}");
+        assert!(
+            err.to_string().contains(needle),
+            "{file}: error {err:?} does not name {needle}"
+        );
     }
 }

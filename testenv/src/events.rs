@@ -7,8 +7,15 @@ use kube::{Api, Client};
 /// The Events in `ns` with `reason` (about any object); an empty list when they cannot be read.
 pub async fn events_with_reason(client: &Client, ns: &str, reason: &str) -> Vec<Event> {
     let api: Api<Event> = Api::namespaced(client.clone(), ns);
-    let items = api.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
-    items.into_iter().filter(|e| e.reason.as_deref() == Some(reason)).collect()
+    let items = api
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .collect()
 }
 
 /// The notes of the Events in `ns` with `reason` about the object named `name`.

@@ -283,7 +283,11 @@ async fn a_15_sensor_run_partitions_once_and_completes_with_correct_counts_and_p
 fn copy_device1_models(dir: &Path, tags: std::ops::RangeInclusive<u32>) {
     for t in tags {
         let name = format!("model_1_{t}.pkl");
-        std::fs::copy(reference_fleet().join("models").join(&name), dir.join(&name)).unwrap();
+        std::fs::copy(
+            reference_fleet().join("models").join(&name),
+            dir.join(&name),
+        )
+        .unwrap();
     }
 }
 
@@ -336,7 +340,8 @@ async fn failing_sensors_are_counted_with_reasons_the_policy_decides_and_rerun_f
         let op = Operator::start(&client, &ns);
         let runs: Api<ScoringRun> = Api::namespaced(client.clone(), &ns);
         let spec = |tolerate: i64| {
-            let policy = json!({ "parallelism": 5, "failurePolicy": { "maxFailedSensors": tolerate } });
+            let policy =
+                json!({ "parallelism": 5, "failurePolicy": { "maxFailedSensors": tolerate } });
             device1_spec(models.path(), out.path(), policy)
         };
         runs.create(&PostParams::default(), &run("tolerant", spec(2)))
@@ -418,16 +423,31 @@ async fn a_packed_job_names_its_failed_sensors_and_rerun_repeats_only_those() {
             .unwrap();
         let st = finished(&runs, "packed").await.status.unwrap();
         // The Job failed as a whole; the scorer's log records name the two sensors that failed.
-        assert_eq!(st.phase, Some(Phase::PartiallySucceeded), "{:?}", st.message);
+        assert_eq!(
+            st.phase,
+            Some(Phase::PartiallySucceeded),
+            "{:?}",
+            st.message
+        );
         assert_eq!((st.total, st.succeeded, st.failed), (5, 3, 2));
-        let failed: BTreeSet<_> = st.failed_sensors.iter().map(|f| (f.sensor.as_str(), f.reason.as_str())).collect();
-        assert_eq!(failed, BTreeSet::from([("1:4", "ScorerFailed"), ("1:5", "ScorerFailed")]));
+        let failed: BTreeSet<_> = st
+            .failed_sensors
+            .iter()
+            .map(|f| (f.sensor.as_str(), f.reason.as_str()))
+            .collect();
+        assert_eq!(
+            failed,
+            BTreeSet::from([("1:4", "ScorerFailed"), ("1:5", "ScorerFailed")])
+        );
 
         copy_device1_models(models.path(), 4..=5);
         let rerun = rerun_failed(&runs, "packed").await;
         let rerun_name = rerun.name_any();
         let st = rerun.status.unwrap();
-        assert_eq!((st.phase, st.total, st.succeeded), (Some(Phase::Succeeded), 2, 2));
+        assert_eq!(
+            (st.phase, st.total, st.succeeded),
+            (Some(Phase::Succeeded), 2, 2)
+        );
         let preds = out.path().join(&rerun_name).join("preds");
         let mut written: Vec<_> = std::fs::read_dir(&preds)
             .unwrap()

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use fleetscore_operator::context::{Context, RunConfig};
 use fleetscore_operator::crd::run::ScoringRun;
+use fleetscore_operator::crd::schedule::{SCHEDULED_AT_ANNOTATION, ScoringSchedule};
 use fleetscore_operator::metrics::RunMetrics;
 use fleetscore_operator::run_controller;
-use fleetscore_operator::crd::schedule::{SCHEDULED_AT_ANNOTATION, ScoringSchedule};
 use fleetscore_operator::schedule::clock::{Clock, ScaledClock};
 use fleetscore_operator::schedule::controller::{build_run, run_controller};
 use fleetscore_operator::schedule::metrics::ScheduleMetrics;
@@ -39,15 +39,28 @@ async fn install_crds(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in [ScoringRun::crd(), ScoringSchedule::crd()] {
         let name = crd.name_any();
-        crds.patch(&name, &PatchParams::apply("fleetscore-test").force(), &Patch::Apply(&crd))
-            .await
-            .unwrap_or_else(|e| panic!("cannot apply CRD {name}: {e}"));
-        wait_for(&crds, &name, "be established", |c: &CustomResourceDefinition| {
-            c.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"))
-        }, TIMEOUT)
+        crds.patch(
+            &name,
+            &PatchParams::apply("fleetscore-test").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cannot apply CRD {name}: {e}"));
+        wait_for(
+            &crds,
+            &name,
+            "be established",
+            |c: &CustomResourceDefinition| {
+                c.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True")
+                    })
+            },
+            TIMEOUT,
+        )
         .await
         .unwrap();
     }
@@ -65,10 +78,20 @@ impl Operator {
         let (stop, stopped) = oneshot::channel::<()>();
         let clock: Arc<dyn Clock> = clock.clone();
         let metrics = ScheduleMetrics::default();
-        let handle = tokio::spawn(run_controller(client.clone(), clock, metrics.clone(), Some(ns.to_string()), async move {
-            let _ = stopped.await;
-        }));
-        Self { stop, handle, metrics }
+        let handle = tokio::spawn(run_controller(
+            client.clone(),
+            clock,
+            metrics.clone(),
+            Some(ns.to_string()),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Self {
+            stop,
+            handle,
+            metrics,
+        }
     }
 
     async fn stop(self) {
@@ -142,17 +165,31 @@ async fn finish(client: &Client, ns: &str, run: &str, phase: &str) {
         "kind": "ScoringRun",
         "status": { "phase": phase },
     });
-    api.patch_status(run, &PatchParams::apply("fake-run-controller").force(), &Patch::Apply(body))
-        .await
-        .unwrap_or_else(|e| panic!("cannot finish run {run}: {e}"));
+    api.patch_status(
+        run,
+        &PatchParams::apply("fake-run-controller").force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("cannot finish run {run}: {e}"));
 }
 
 async fn get_schedule(client: &Client, ns: &str, name: &str) -> ScoringSchedule {
-    Api::<ScoringSchedule>::namespaced(client.clone(), ns).get(name).await.unwrap()
+    Api::<ScoringSchedule>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .unwrap()
 }
 
-fn condition<'a>(s: &'a ScoringSchedule, type_: &str) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    s.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+fn condition<'a>(
+    s: &'a ScoringSchedule,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    s.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
 }
 
 /// A test environment with the CRDs installed, or `None` (skipped) without one.
@@ -169,34 +206,55 @@ async fn runs_appear_on_time_once_per_slot_with_status_and_columns() {
     env.with_temp_ns(|client, ns| async move {
         // 20× real time: a per-minute schedule fires every 3 s.
         let clock = Arc::new(ScaledClock::new(Utc::now(), 20.0));
-        create(&client, &ns, &schedule("every-minute", "* * * * *", json!({}))).await;
+        create(
+            &client,
+            &ns,
+            &schedule("every-minute", "* * * * *", json!({})),
+        )
+        .await;
         let op = Operator::start(&client, &ns, &clock);
         let mut lags = Vec::new();
         let mut seen = BTreeSet::new();
         let start = Instant::now();
         while seen.len() < 3 {
-            assert!(start.elapsed() < TIMEOUT, "timed out waiting for three runs; saw {seen:?}");
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "timed out waiting for three runs; saw {seen:?}"
+            );
             for (slot, run) in runs(&client, &ns).await {
                 if seen.insert(run.name_any()) {
                     lags.push((clock.now() - slot).num_milliseconds());
-                    assert_eq!(run.name_any(), format!("every-minute-{}", slot.format("%Y%m%d%H%M")));
+                    assert_eq!(
+                        run.name_any(),
+                        format!("every-minute-{}", slot.format("%Y%m%d%H%M"))
+                    );
                 }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         op.stop().await;
         // Observed within 45 clock seconds (about 2 s of real time) of the slot.
-        assert!(lags.iter().all(|lag| (0..45_000).contains(lag)), "lags in clock ms: {lags:?}");
+        assert!(
+            lags.iter().all(|lag| (0..45_000).contains(lag)),
+            "lags in clock ms: {lags:?}"
+        );
         let all = runs(&client, &ns).await;
         let slots: Vec<DateTime<Utc>> = all.iter().map(|(s, _)| *s).collect();
         for pair in slots.windows(2) {
-            assert_eq!(pair[1] - pair[0], chrono::Duration::minutes(1), "consecutive slots: {slots:?}");
+            assert_eq!(
+                pair[1] - pair[0],
+                chrono::Duration::minutes(1),
+                "consecutive slots: {slots:?}"
+            );
         }
         let newest = *slots.last().unwrap();
         let sched = get_schedule(&client, &ns, "every-minute").await;
         let status = sched.status.clone().unwrap();
         assert_eq!(status.last_schedule_time, Some(newest));
-        assert_eq!(status.next_schedule_time, Some(newest + chrono::Duration::minutes(1)));
+        assert_eq!(
+            status.next_schedule_time,
+            Some(newest + chrono::Duration::minutes(1))
+        );
         assert_eq!(status.active_count as usize, all.len());
         let out = kubectl_env
             .kubectl()
@@ -204,8 +262,20 @@ async fn runs_appear_on_time_once_per_slot_with_status_and_columns() {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        let header: Vec<&str> = text.lines().next().unwrap_or("").split_whitespace().collect();
-        assert_eq!(header, ["NAME", "SCHEDULE", "TIMEZONE", "SUSPEND", "ACTIVE", "LAST", "RUN", "NEXT", "RUN", "AGE"], "{text}");
+        let header: Vec<&str> = text
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            header,
+            [
+                "NAME", "SCHEDULE", "TIMEZONE", "SUSPEND", "ACTIVE", "LAST", "RUN", "NEXT", "RUN",
+                "AGE"
+            ],
+            "{text}"
+        );
     })
     .await;
 }
@@ -215,7 +285,16 @@ async fn forbid_skips_slots_while_a_run_is_active_and_resumes_after_it_finishes(
     let Some(env) = env().await else { return };
     env.with_temp_ns(|client, ns| async move {
         let clock = Arc::new(ScaledClock::new(Utc::now(), 30.0));
-        create(&client, &ns, &schedule("forbid", "* * * * *", json!({"concurrencyPolicy": "Forbid"}))).await;
+        create(
+            &client,
+            &ns,
+            &schedule(
+                "forbid",
+                "* * * * *",
+                json!({"concurrencyPolicy": "Forbid"}),
+            ),
+        )
+        .await;
         let op = Operator::start(&client, &ns, &clock);
         let first = eventually("the first run exists", TIMEOUT, || {
             let (client, ns) = (client.clone(), ns.clone());
@@ -231,10 +310,20 @@ async fn forbid_skips_slots_while_a_run_is_active_and_resumes_after_it_finishes(
             }
         })
         .await;
-        assert_eq!(runs(&client, &ns).await.len(), 1, "Forbid must not start a second run");
+        assert_eq!(
+            runs(&client, &ns).await.len(),
+            1,
+            "Forbid must not start a second run"
+        );
         let cond = condition(&skipped, "Missed").expect("Missed condition");
-        assert_eq!((cond.status.as_str(), cond.reason.as_str()), ("True", "SlotsSkipped"));
-        assert!(!events_with_reason(&client, &ns, "Skipped").await.is_empty(), "a Skipped event");
+        assert_eq!(
+            (cond.status.as_str(), cond.reason.as_str()),
+            ("True", "SlotsSkipped")
+        );
+        assert!(
+            !events_with_reason(&client, &ns, "Skipped").await.is_empty(),
+            "a Skipped event"
+        );
         finish(&client, &ns, &first.1.name_any(), "Succeeded").await;
         let second = eventually("a second run after the first finished", TIMEOUT, || {
             let (client, ns) = (client.clone(), ns.clone());
@@ -242,8 +331,15 @@ async fn forbid_skips_slots_while_a_run_is_active_and_resumes_after_it_finishes(
         })
         .await;
         let skipped_slot = skipped.status.unwrap().last_schedule_time.unwrap();
-        assert!(second.0 > skipped_slot, "second run {} must come after the skipped slot {skipped_slot}", second.0);
-        assert!(op.metrics.slot_count("skipped") >= 1, "skipped slots are counted");
+        assert!(
+            second.0 > skipped_slot,
+            "second run {} must come after the skipped slot {skipped_slot}",
+            second.0
+        );
+        assert!(
+            op.metrics.slot_count("skipped") >= 1,
+            "skipped slots are counted"
+        );
         assert!(op.metrics.reconciles.get() >= 2);
         op.stop().await;
     })
@@ -255,7 +351,16 @@ async fn replace_deletes_the_active_run_when_the_next_slot_comes() {
     let Some(env) = env().await else { return };
     env.with_temp_ns(|client, ns| async move {
         let clock = Arc::new(ScaledClock::new(Utc::now(), 30.0));
-        create(&client, &ns, &schedule("replace", "* * * * *", json!({"concurrencyPolicy": "Replace"}))).await;
+        create(
+            &client,
+            &ns,
+            &schedule(
+                "replace",
+                "* * * * *",
+                json!({"concurrencyPolicy": "Replace"}),
+            ),
+        )
+        .await;
         let op = Operator::start(&client, &ns, &clock);
         let first = eventually("the first run exists", TIMEOUT, || {
             let (client, ns) = (client.clone(), ns.clone());
@@ -271,7 +376,12 @@ async fn replace_deletes_the_active_run_when_the_next_slot_comes() {
         })
         .await;
         assert!(later.0 > first.0);
-        assert!(!events_with_reason(&client, &ns, "Replaced").await.is_empty(), "a Replaced event");
+        assert!(
+            !events_with_reason(&client, &ns, "Replaced")
+                .await
+                .is_empty(),
+            "a Replaced event"
+        );
         op.stop().await;
     })
     .await;
@@ -284,14 +394,18 @@ async fn allow_lets_runs_of_several_slots_be_active_together() {
         let clock = Arc::new(ScaledClock::new(Utc::now(), 30.0));
         create(&client, &ns, &schedule("allow", "* * * * *", json!({}))).await;
         let op = Operator::start(&client, &ns, &clock);
-        eventually("three active runs are listed in the status", TIMEOUT, || {
-            let (client, ns) = (client.clone(), ns.clone());
-            async move {
-                let s = get_schedule(&client, &ns, "allow").await;
-                let status = s.status?;
-                (status.active_count >= 3 && status.active.len() >= 3).then_some(())
-            }
-        })
+        eventually(
+            "three active runs are listed in the status",
+            TIMEOUT,
+            || {
+                let (client, ns) = (client.clone(), ns.clone());
+                async move {
+                    let s = get_schedule(&client, &ns, "allow").await;
+                    let status = s.status?;
+                    (status.active_count >= 3 && status.active.len() >= 3).then_some(())
+                }
+            },
+        )
         .await;
         op.stop().await;
     })
@@ -303,37 +417,71 @@ async fn a_suspended_schedule_creates_nothing_and_resumes_without_a_burst() {
     let Some(env) = env().await else { return };
     env.with_temp_ns(|client, ns| async move {
         let clock = Arc::new(ScaledClock::new(Utc::now(), 60.0));
-        create(&client, &ns, &schedule("paused", "* * * * *", json!({"suspend": true}))).await;
-        let op = Operator::start(&client, &ns, &clock);
-        let suspended = eventually("the Suspended condition is set and slots were passed over", TIMEOUT, || {
-            let (client, ns) = (client.clone(), ns.clone());
-            async move {
-                let s = get_schedule(&client, &ns, "paused").await;
-                let passed = s.status.as_ref().and_then(|st| st.last_schedule_time).is_some();
-                let cond = condition(&s, "Suspended").is_some_and(|c| c.status == "True");
-                (passed && cond).then_some(s)
-            }
-        })
+        create(
+            &client,
+            &ns,
+            &schedule("paused", "* * * * *", json!({"suspend": true})),
+        )
         .await;
-        assert!(suspended.status.as_ref().unwrap().next_schedule_time.is_none());
+        let op = Operator::start(&client, &ns, &clock);
+        let suspended = eventually(
+            "the Suspended condition is set and slots were passed over",
+            TIMEOUT,
+            || {
+                let (client, ns) = (client.clone(), ns.clone());
+                async move {
+                    let s = get_schedule(&client, &ns, "paused").await;
+                    let passed = s
+                        .status
+                        .as_ref()
+                        .and_then(|st| st.last_schedule_time)
+                        .is_some();
+                    let cond = condition(&s, "Suspended").is_some_and(|c| c.status == "True");
+                    (passed && cond).then_some(s)
+                }
+            },
+        )
+        .await;
+        assert!(
+            suspended
+                .status
+                .as_ref()
+                .unwrap()
+                .next_schedule_time
+                .is_none()
+        );
         // Three more clock minutes pass while suspended.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        assert!(runs(&client, &ns).await.is_empty(), "no run while suspended");
+        assert!(
+            runs(&client, &ns).await.is_empty(),
+            "no run while suspended"
+        );
         let api: Api<ScoringSchedule> = Api::namespaced(client.clone(), &ns);
         let resumed_at = clock.now();
-        api.patch("paused", &PatchParams::default(), &Patch::Merge(json!({"spec": {"suspend": false}})))
-            .await
-            .unwrap();
+        api.patch(
+            "paused",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"suspend": false}})),
+        )
+        .await
+        .unwrap();
         let first = eventually("a run after resuming", TIMEOUT, || {
             let (client, ns) = (client.clone(), ns.clone());
             async move { runs(&client, &ns).await.into_iter().next() }
         })
         .await;
         // No burst of the slots that passed while suspended: the first run is a slot after resuming.
-        assert!(first.0 > resumed_at - chrono::Duration::minutes(1), "first slot {} vs resume {resumed_at}", first.0);
+        assert!(
+            first.0 > resumed_at - chrono::Duration::minutes(1),
+            "first slot {} vs resume {resumed_at}",
+            first.0
+        );
         op.stop().await;
         let all = runs(&client, &ns).await;
-        let count_before_resume = all.iter().filter(|(s, _)| *s < resumed_at - chrono::Duration::minutes(1)).count();
+        let count_before_resume = all
+            .iter()
+            .filter(|(s, _)| *s < resumed_at - chrono::Duration::minutes(1))
+            .count();
         assert_eq!(count_before_resume, 0, "{all:?}");
     })
     .await;
@@ -344,17 +492,37 @@ async fn backfill_after_downtime_creates_exactly_the_bounded_missed_runs() {
     let Some(env) = env().await else { return };
     env.with_temp_ns(|client, ns| async move {
         let clock = Arc::new(ScaledClock::new(Utc::now(), 1.0));
-        let sched = create(&client, &ns, &schedule("hourly", "0 * * * *", json!({"backfill": {"limit": 2}}))).await;
+        let sched = create(
+            &client,
+            &ns,
+            &schedule("hourly", "0 * * * *", json!({"backfill": {"limit": 2}})),
+        )
+        .await;
         let op = Operator::start(&client, &ns, &clock);
         eventually("the next run time is known", TIMEOUT, || {
             let (client, ns) = (client.clone(), ns.clone());
-            async move { get_schedule(&client, &ns, "hourly").await.status?.next_schedule_time }
+            async move {
+                get_schedule(&client, &ns, "hourly")
+                    .await
+                    .status?
+                    .next_schedule_time
+            }
         })
         .await;
         op.stop().await;
         // The operator is down for five hourly slots.
         let cron = CronSchedule::parse("0 * * * *", None).unwrap();
-        let created = DateTime::<Utc>::from_timestamp(sched.metadata.creation_timestamp.as_ref().unwrap().0.as_second(), 0).unwrap();
+        let created = DateTime::<Utc>::from_timestamp(
+            sched
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .unwrap()
+                .0
+                .as_second(),
+            0,
+        )
+        .unwrap();
         clock.advance(chrono::Duration::hours(5));
         let due = cron.missed_between(created, clock.now(), 3);
         assert!(due.total >= 5, "{due:?}");
@@ -374,12 +542,26 @@ async fn backfill_after_downtime_creates_exactly_the_bounded_missed_runs() {
         })
         .await;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let counted = (op.metrics.slot_count("created"), op.metrics.slot_count("missed"));
+        let counted = (
+            op.metrics.slot_count("created"),
+            op.metrics.slot_count("missed"),
+        );
         op.stop().await;
-        assert_eq!(counted, (3, u64::try_from(expected_missed).unwrap()), "fleetscore_schedule_slots_total by outcome");
-        let slots: Vec<DateTime<Utc>> = runs(&client, &ns).await.into_iter().map(|(s, _)| s).collect();
+        assert_eq!(
+            counted,
+            (3, u64::try_from(expected_missed).unwrap()),
+            "fleetscore_schedule_slots_total by outcome"
+        );
+        let slots: Vec<DateTime<Utc>> = runs(&client, &ns)
+            .await
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
         assert_eq!(slots, due.slots, "exactly the newest three missed slots");
-        assert_eq!(condition(&s, "Missed").map(|c| c.status.as_str()), Some("True"));
+        assert_eq!(
+            condition(&s, "Missed").map(|c| c.status.as_str()),
+            Some("True")
+        );
     })
     .await;
 }
@@ -395,30 +577,50 @@ async fn history_limits_prune_the_oldest_finished_runs() {
         let mut finished = BTreeSet::new();
         let start = Instant::now();
         while finished.len() < 6 {
-            assert!(start.elapsed() < TIMEOUT, "timed out finishing six runs; finished {finished:?}");
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "timed out finishing six runs; finished {finished:?}"
+            );
             for (_, run) in runs(&client, &ns).await {
                 let name = run.name_any();
-                if run.status.as_ref().and_then(|s| s.phase).is_none() && !finished.contains(&name) {
-                    let phase = if finished.len() % 2 == 0 { "Succeeded" } else { "Failed" };
+                if run.status.as_ref().and_then(|s| s.phase).is_none() && !finished.contains(&name)
+                {
+                    let phase = if finished.len() % 2 == 0 {
+                        "Succeeded"
+                    } else {
+                        "Failed"
+                    };
                     finish(&client, &ns, &name, phase).await;
                     finished.insert(name);
                 }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let s = eventually("at most one succeeded and one failed run remain", TIMEOUT, || {
-            let (client, ns) = (client.clone(), ns.clone());
-            async move {
-                let all = runs(&client, &ns).await;
-                let count = |p: &str| {
-                    all.iter()
-                        .filter(|(_, r)| r.status.as_ref().and_then(|s| s.phase).is_some_and(|ph| ph.as_str() == p))
-                        .count()
-                };
-                let s = get_schedule(&client, &ns, "pruned").await;
-                (count("Succeeded") <= 1 && count("Failed") <= 1 && s.status.as_ref()?.last_failure_time.is_some()).then_some(s)
-            }
-        })
+        let s = eventually(
+            "at most one succeeded and one failed run remain",
+            TIMEOUT,
+            || {
+                let (client, ns) = (client.clone(), ns.clone());
+                async move {
+                    let all = runs(&client, &ns).await;
+                    let count = |p: &str| {
+                        all.iter()
+                            .filter(|(_, r)| {
+                                r.status
+                                    .as_ref()
+                                    .and_then(|s| s.phase)
+                                    .is_some_and(|ph| ph.as_str() == p)
+                            })
+                            .count()
+                    };
+                    let s = get_schedule(&client, &ns, "pruned").await;
+                    (count("Succeeded") <= 1
+                        && count("Failed") <= 1
+                        && s.status.as_ref()?.last_failure_time.is_some())
+                    .then_some(s)
+                }
+            },
+        )
         .await;
         op.stop().await;
         let status = s.status.unwrap();
@@ -437,7 +639,10 @@ async fn two_replicas_and_a_restart_mid_tick_never_create_a_slot_twice() {
         let cron = CronSchedule::parse("0 * * * *", None).unwrap();
         let slot = cron.next_after(clock.now()).unwrap();
         let api: Api<ScoringRun> = Api::namespaced(client.clone(), &ns);
-        let early = api.create(&PostParams::default(), &build_run(&sched, &cron, slot)).await.unwrap();
+        let early = api
+            .create(&PostParams::default(), &build_run(&sched, &cron, slot))
+            .await
+            .unwrap();
         clock.advance(slot - clock.now() + chrono::Duration::seconds(10));
         // Two replicas start at once.
         let a = Operator::start(&client, &ns, &clock);
@@ -468,26 +673,45 @@ async fn the_api_server_refuses_a_bad_cron_or_zone_and_the_controller_flags_an_u
         // Wait until the CRD is routable, with a valid object.
         create(&client, &ns, &schedule("valid", "@hourly", json!({}))).await;
         let err = api
-            .create(&PostParams::default(), &schedule("bad-cron", "61 * * * *", json!({})))
+            .create(
+                &PostParams::default(),
+                &schedule("bad-cron", "61 * * * *", json!({})),
+            )
             .await
             .unwrap_err()
             .to_string();
-        assert!(err.contains("schedule must be a standard 5-field cron expression"), "{err}");
+        assert!(
+            err.contains("schedule must be a standard 5-field cron expression"),
+            "{err}"
+        );
         let err = api
-            .create(&PostParams::default(), &schedule("bad-zone", "0 * * * *", json!({"timeZone": "+02:00"})))
+            .create(
+                &PostParams::default(),
+                &schedule("bad-zone", "0 * * * *", json!({"timeZone": "+02:00"})),
+            )
             .await
             .unwrap_err()
             .to_string();
-        assert!(err.contains("timeZone must be an IANA time zone name"), "{err}");
+        assert!(
+            err.contains("timeZone must be an IANA time zone name"),
+            "{err}"
+        );
         // Well-formed but unknown: the controller reports it.
-        create(&client, &ns, &schedule("mars", "0 * * * *", json!({"timeZone": "Mars/Olympus"}))).await;
+        create(
+            &client,
+            &ns,
+            &schedule("mars", "0 * * * *", json!({"timeZone": "Mars/Olympus"})),
+        )
+        .await;
         let clock = Arc::new(ScaledClock::new(Utc::now(), 1.0));
         let op = Operator::start(&client, &ns, &clock);
         let s = eventually("the Invalid condition is set", TIMEOUT, || {
             let (client, ns) = (client.clone(), ns.clone());
             async move {
                 let s = get_schedule(&client, &ns, "mars").await;
-                condition(&s, "Invalid").is_some_and(|c| c.status == "True").then_some(s)
+                condition(&s, "Invalid")
+                    .is_some_and(|c| c.status == "True")
+                    .then_some(s)
             }
         })
         .await;
@@ -509,7 +733,11 @@ fn start_run_controller(client: &Client, ns: &str) -> JoinHandle<()> {
         read_ledger: false,
         ..RunConfig::default()
     };
-    let ctx = Arc::new(Context::new(client.clone(), Arc::new(RunMetrics::default()), config));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Arc::new(RunMetrics::default()),
+        config,
+    ));
     tokio::spawn(run_controller::run(ctx))
 }
 
@@ -527,7 +755,10 @@ fn long_running(policy: &str, run_for: &str) -> serde_json::Value {
 }
 
 fn is_finished(run: &ScoringRun) -> bool {
-    run.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.is_finished())
+    run.status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .is_some_and(|p| p.is_finished())
 }
 
 #[tokio::test]
@@ -537,13 +768,21 @@ async fn end_to_end_forbid_never_overlaps_long_runs_and_skips_their_slots() {
         let runner = start_run_controller(&client, &ns);
         // A slot every 3 s; each run's pod stays Running 8 s.
         let clock = Arc::new(ScaledClock::new(Utc::now(), 20.0));
-        create(&client, &ns, &schedule("forbid-e2e", "* * * * *", long_running("Forbid", "8s"))).await;
+        create(
+            &client,
+            &ns,
+            &schedule("forbid-e2e", "* * * * *", long_running("Forbid", "8s")),
+        )
+        .await;
         let op = Operator::start(&client, &ns, &clock);
         let start = Instant::now();
         let mut max_active = 0;
         let mut first_finished = false;
         loop {
-            assert!(start.elapsed() < Duration::from_secs(90), "timed out: the second run never came");
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "timed out: the second run never came"
+            );
             let all = runs(&client, &ns).await;
             let active = all.iter().filter(|(_, r)| !is_finished(r)).count();
             max_active = max_active.max(active);
@@ -555,10 +794,16 @@ async fn end_to_end_forbid_never_overlaps_long_runs_and_skips_their_slots() {
         }
         op.stop().await;
         runner.abort();
-        assert!(first_finished, "the second run came only after the first finished");
+        assert!(
+            first_finished,
+            "the second run came only after the first finished"
+        );
         assert_eq!(max_active, 1, "Forbid: never two active runs");
         let s = get_schedule(&client, &ns, "forbid-e2e").await;
-        assert!(s.status.unwrap().missed_slots >= 1, "slots during the long run were skipped");
+        assert!(
+            s.status.unwrap().missed_slots >= 1,
+            "slots during the long run were skipped"
+        );
         assert!(!events_with_reason(&client, &ns, "Skipped").await.is_empty());
     })
     .await;
@@ -570,7 +815,12 @@ async fn end_to_end_replace_ends_the_long_run_and_its_jobs_at_the_next_slot() {
     env.with_temp_ns(|client, ns| async move {
         let runner = start_run_controller(&client, &ns);
         let clock = Arc::new(ScaledClock::new(Utc::now(), 20.0));
-        create(&client, &ns, &schedule("replace-e2e", "* * * * *", long_running("Replace", "60s"))).await;
+        create(
+            &client,
+            &ns,
+            &schedule("replace-e2e", "* * * * *", long_running("Replace", "60s")),
+        )
+        .await;
         let op = Operator::start(&client, &ns, &clock);
         let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), &ns);
         // The first run gets its Job.
@@ -579,22 +829,39 @@ async fn end_to_end_replace_ends_the_long_run_and_its_jobs_at_the_next_slot() {
             async move {
                 let (_, run) = runs(&client, &ns).await.into_iter().next()?;
                 let selector = format!("fleetscore.dev/run={}", run.name_any());
-                let has_job = !jobs.list(&ListParams::default().labels(&selector)).await.ok()?.items.is_empty();
+                let has_job = !jobs
+                    .list(&ListParams::default().labels(&selector))
+                    .await
+                    .ok()?
+                    .items
+                    .is_empty();
                 has_job.then_some(run.name_any())
             }
         })
         .await;
-        eventually("a later run replaced the first and its Jobs are gone", TIMEOUT, || {
-            let (client, ns, jobs, first) = (client.clone(), ns.clone(), jobs.clone(), first.clone());
-            async move {
-                let all = runs(&client, &ns).await;
-                let replaced = all.iter().all(|(_, r)| r.name_any() != first) && !all.is_empty();
-                let selector = format!("fleetscore.dev/run={first}");
-                let jobs_left = jobs.list(&ListParams::default().labels(&selector)).await.ok()?.items;
-                let jobs_gone = jobs_left.iter().all(|j| j.metadata.deletion_timestamp.is_some());
-                (replaced && jobs_gone).then_some(())
-            }
-        })
+        eventually(
+            "a later run replaced the first and its Jobs are gone",
+            TIMEOUT,
+            || {
+                let (client, ns, jobs, first) =
+                    (client.clone(), ns.clone(), jobs.clone(), first.clone());
+                async move {
+                    let all = runs(&client, &ns).await;
+                    let replaced =
+                        all.iter().all(|(_, r)| r.name_any() != first) && !all.is_empty();
+                    let selector = format!("fleetscore.dev/run={first}");
+                    let jobs_left = jobs
+                        .list(&ListParams::default().labels(&selector))
+                        .await
+                        .ok()?
+                        .items;
+                    let jobs_gone = jobs_left
+                        .iter()
+                        .all(|j| j.metadata.deletion_timestamp.is_some());
+                    (replaced && jobs_gone).then_some(())
+                }
+            },
+        )
         .await;
         op.stop().await;
         runner.abort();

@@ -36,12 +36,25 @@ async fn install_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd = ScoringRun::crd();
     let name = crd.metadata.name.clone().unwrap();
-    crds.patch(&name, &PatchParams::apply("fleetscore-test-crds").force(), &Patch::Apply(&crd)).await.unwrap();
+    crds.patch(
+        &name,
+        &PatchParams::apply("fleetscore-test-crds").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .unwrap();
     let established = |c: &CustomResourceDefinition| {
-        c.status.as_ref().and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"))
+        c.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            })
     };
-    fleetscore_testenv::wait_for(&crds, &name, "be established", established, TIMEOUT).await.unwrap();
+    fleetscore_testenv::wait_for(&crds, &name, "be established", established, TIMEOUT)
+        .await
+        .unwrap();
 }
 
 /// A Job of `run` whose pod selects a pool no node has: it stays Pending, as on AKS before
@@ -110,25 +123,37 @@ fn start(client: &Client, cfg: ScalerConfig) -> tokio::task::JoinHandle<()> {
 
 #[tokio::test]
 async fn the_aks_pool_grows_with_the_jobs_and_shrinks_after_the_delay_through_arm() {
-    let Some(env) = TestEnv::for_test().await else { return };
+    let Some(env) = TestEnv::for_test().await else {
+        return;
+    };
     install_crd(&env.client).await;
     env.with_temp_ns(|client, ns| async move {
         let fake = FakeArm::start(0, false).await;
         let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
         for i in 0..3 {
-            jobs.create(&PostParams::default(), &job(&format!("j{i}"), "r1")).await.unwrap();
+            jobs.create(&PostParams::default(), &job(&format!("j{i}"), "r1"))
+                .await
+                .unwrap();
         }
         let scaler = start(&client, config(&fake, &ns));
         // 3 Jobs at 2 per node: the pool's count becomes 2 through a PUT.
-        eventually("the agent pool has 2 nodes", TIMEOUT, || async { (fake.count() == 2).then_some(()) }).await;
+        eventually("the agent pool has 2 nodes", TIMEOUT, || async {
+            (fake.count() == 2).then_some(())
+        })
+        .await;
         let put = fake.seen_to("PUT", POOL_PATH).into_iter().next().unwrap();
         let body: Value = serde_json::from_str(&put.body).unwrap();
         assert_eq!(body["properties"]["count"], 2);
         assert_eq!(put.query, "api-version=2025-08-01");
         for i in 0..3 {
-            jobs.delete(&format!("j{i}"), &DeleteParams::background()).await.unwrap();
+            jobs.delete(&format!("j{i}"), &DeleteParams::background())
+                .await
+                .unwrap();
         }
-        eventually("the agent pool is back to 0", TIMEOUT, || async { (fake.count() == 0).then_some(()) }).await;
+        eventually("the agent pool is back to 0", TIMEOUT, || async {
+            (fake.count() == 0).then_some(())
+        })
+        .await;
         scaler.abort();
     })
     .await;
@@ -136,7 +161,9 @@ async fn the_aks_pool_grows_with_the_jobs_and_shrinks_after_the_delay_through_ar
 
 #[tokio::test]
 async fn a_pool_with_the_cluster_autoscaler_enabled_is_never_scaled_and_the_run_says_so() {
-    let Some(env) = TestEnv::for_test().await else { return };
+    let Some(env) = TestEnv::for_test().await else {
+        return;
+    };
     install_crd(&env.client).await;
     env.with_temp_ns(|client, ns| async move {
         let fake = FakeArm::start(1, true).await;
@@ -151,14 +178,20 @@ async fn a_pool_with_the_cluster_autoscaler_enabled_is_never_scaled_and_the_run_
         runs.create(&PostParams::default(), &run).await.unwrap();
         let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
         for i in 0..4 {
-            jobs.create(&PostParams::default(), &job(&format!("j{i}"), "r1")).await.unwrap();
+            jobs.create(&PostParams::default(), &job(&format!("j{i}"), "r1"))
+                .await
+                .unwrap();
         }
         let scaler = start(&client, config(&fake, &ns));
-        let scaling: Value = eventually("the run reports the scaler's condition", TIMEOUT, || async {
-            let r = runs.get("r1").await.ok()?;
-            let s = r.status?.scaler?;
-            s.get("scaling").cloned()
-        })
+        let scaling: Value = eventually(
+            "the run reports the scaler's condition",
+            TIMEOUT,
+            || async {
+                let r = runs.get("r1").await.ok()?;
+                let s = r.status?.scaler?;
+                s.get("scaling").cloned()
+            },
+        )
         .await;
         assert_eq!(scaling["status"], "False", "{scaling}");
         assert_eq!(scaling["reason"], "ClusterAutoscalerEnabled", "{scaling}");
@@ -169,7 +202,10 @@ async fn a_pool_with_the_cluster_autoscaler_enabled_is_never_scaled_and_the_run_
         .await;
         assert!(notes[0].contains("autoscaler"), "{notes:?}");
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert!(fake.seen_to("PUT", POOL_PATH).is_empty(), "an autoscaler-enabled pool was resized");
+        assert!(
+            fake.seen_to("PUT", POOL_PATH).is_empty(),
+            "an autoscaler-enabled pool was resized"
+        );
         assert_eq!(fake.count(), 1);
         scaler.abort();
     })

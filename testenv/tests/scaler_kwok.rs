@@ -41,15 +41,25 @@ async fn install_crd(client: &Client) {
 async fn install_one_crd(client: &Client, crd: CustomResourceDefinition) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let name = crd.metadata.name.clone().unwrap();
-    crds.patch(&name, &PatchParams::apply("fleetscore-test-crds").force(), &Patch::Apply(&crd))
+    crds.patch(
+        &name,
+        &PatchParams::apply("fleetscore-test-crds").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .unwrap();
+    let established = |c: &CustomResourceDefinition| {
+        c.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            })
+    };
+    fleetscore_testenv::wait_for(&crds, &name, "be established", established, TIMEOUT)
         .await
         .unwrap();
-    let established = |c: &CustomResourceDefinition| {
-        c.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
-            cs.iter().any(|c| c.type_ == "Established" && c.status == "True")
-        })
-    };
-    fleetscore_testenv::wait_for(&crds, &name, "be established", established, TIMEOUT).await.unwrap();
 }
 
 /// A scorer-like Job of `run` that targets `pool` and stays Running for `run_for`.
@@ -104,10 +114,15 @@ async fn set_run_phase(client: &Client, ns: &str, name: &str, phase: &str) {
     } else {
         status["completionTime"] = json!(now);
     }
-    let body = json!({ "apiVersion": "fleetscore.dev/v1alpha1", "kind": "ScoringRun", "status": status });
-    runs.patch_status(name, &PatchParams::apply("fleetscore-test-run-controller").force(), &Patch::Apply(&body))
-        .await
-        .unwrap();
+    let body =
+        json!({ "apiVersion": "fleetscore.dev/v1alpha1", "kind": "ScoringRun", "status": status });
+    runs.patch_status(
+        name,
+        &PatchParams::apply("fleetscore-test-run-controller").force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .unwrap();
 }
 
 fn config(pool: &str, ns: &str, jobs_per_node: u32, delay: Duration) -> ScalerConfig {
@@ -154,7 +169,10 @@ impl Drop for Scaler {
 
 async fn pool_nodes(client: &Client, pool: &str) -> Vec<String> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let list = nodes.list(&ListParams::default().labels(&format!("{POOL_LABEL}={pool}"))).await.unwrap();
+    let list = nodes
+        .list(&ListParams::default().labels(&format!("{POOL_LABEL}={pool}")))
+        .await
+        .unwrap();
     list.items
         .into_iter()
         .filter(|n| n.metadata.deletion_timestamp.is_none())
@@ -164,11 +182,17 @@ async fn pool_nodes(client: &Client, pool: &str) -> Vec<String> {
 
 async fn run_pods(client: &Client, ns: &str, run: &str) -> Vec<Pod> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    pods.list(&ListParams::default().labels(&format!("fleetscore.dev/run={run}"))).await.unwrap().items
+    pods.list(&ListParams::default().labels(&format!("fleetscore.dev/run={run}")))
+        .await
+        .unwrap()
+        .items
 }
 
 fn phase(p: &Pod) -> &str {
-    p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("")
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
 }
 
 fn node_of(p: &Pod) -> Option<String> {
@@ -184,38 +208,62 @@ async fn remove_pool(client: &Client, pool: &str) {
 
 async fn job_done(client: &Client, ns: &str, name: &str) -> bool {
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
-    jobs.get(name).await.is_ok_and(|j| controller::job_finished(&j))
+    jobs.get(name)
+        .await
+        .is_ok_and(|j| controller::job_finished(&j))
 }
 
 #[tokio::test]
 async fn a_run_scales_the_pool_from_zero_to_n_and_back_to_zero_and_reports_it() {
-    let Some(env) = TestEnv::for_test().await else { return };
+    let Some(env) = TestEnv::for_test().await else {
+        return;
+    };
     install_crd(&env.client).await;
     let pool = "scale-zero-n";
     env.with_temp_ns(|client, ns| async move {
         create_run(&client, &ns, "r1").await;
         let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
         for i in 0..4 {
-            jobs.create(&PostParams::default(), &job(&format!("r1-{i}"), "r1", pool, "4s")).await.unwrap();
+            jobs.create(
+                &PostParams::default(),
+                &job(&format!("r1-{i}"), "r1", pool, "4s"),
+            )
+            .await
+            .unwrap();
         }
         // Without nodes in the pool the scoring pods wait, unscheduled.
         eventually("4 pods wait Pending without a node", TIMEOUT, || async {
             let pods = run_pods(&client, &ns, "r1").await;
-            (pods.len() == 4 && pods.iter().all(|p| phase(p) == "Pending" && node_of(p).is_none())).then_some(())
+            (pods.len() == 4
+                && pods
+                    .iter()
+                    .all(|p| phase(p) == "Pending" && node_of(p).is_none()))
+            .then_some(())
         })
         .await;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(run_pods(&client, &ns, "r1").await.iter().all(|p| node_of(p).is_none()));
+        assert!(
+            run_pods(&client, &ns, "r1")
+                .await
+                .iter()
+                .all(|p| node_of(p).is_none())
+        );
         assert!(pool_nodes(&client, pool).await.is_empty());
 
         let scaler = Scaler::start(&client, config(pool, &ns, 2, Duration::from_secs(4)));
         // 4 Jobs / 2 per node = 2 nodes, then the pods run on them.
-        eventually("the pool has 2 nodes", TIMEOUT, || async { (pool_nodes(&client, pool).await.len() == 2).then_some(()) }).await;
+        eventually("the pool has 2 nodes", TIMEOUT, || async {
+            (pool_nodes(&client, pool).await.len() == 2).then_some(())
+        })
+        .await;
         let nodes: BTreeSet<String> = pool_nodes(&client, pool).await.into_iter().collect();
         eventually("every pod ran on a pool node", TIMEOUT, || async {
             let pods = run_pods(&client, &ns, "r1").await;
             pods.iter()
-                .all(|p| matches!(phase(p), "Running" | "Succeeded") && node_of(p).is_some_and(|n| nodes.contains(&n)))
+                .all(|p| {
+                    matches!(phase(p), "Running" | "Succeeded")
+                        && node_of(p).is_some_and(|n| nodes.contains(&n))
+                })
                 .then_some(())
         })
         .await;
@@ -230,9 +278,16 @@ async fn a_run_scales_the_pool_from_zero_to_n_and_back_to_zero_and_reports_it() 
         .await;
         let done_at = Instant::now();
         set_run_phase(&client, &ns, "r1", "Succeeded").await;
-        eventually("the pool is back to 0 nodes", TIMEOUT, || async { pool_nodes(&client, pool).await.is_empty().then_some(()) }).await;
+        eventually("the pool is back to 0 nodes", TIMEOUT, || async {
+            pool_nodes(&client, pool).await.is_empty().then_some(())
+        })
+        .await;
         // The delay (4 s) counts from the scaler's last look at full demand, up to a resync earlier.
-        assert!(done_at.elapsed() >= Duration::from_secs(1), "scaled down before the keep-warm delay: {:?}", done_at.elapsed());
+        assert!(
+            done_at.elapsed() >= Duration::from_secs(1),
+            "scaled down before the keep-warm delay: {:?}",
+            done_at.elapsed()
+        );
 
         // The run's report, written under the scaler's own field manager.
         let runs: Api<ScoringRun> = Api::namespaced(client.clone(), &ns);
@@ -248,19 +303,41 @@ async fn a_run_scales_the_pool_from_zero_to_n_and_back_to_zero_and_reports_it() 
         assert_eq!(report["nodesAtStart"], 0);
         assert_eq!(report["nodesPeak"], 2);
         assert!(report["nodeMinutes"].as_f64().unwrap() > 0.0, "{report}");
-        assert!(report["timeToFirstPodRunningSeconds"].as_f64().is_some(), "{report}");
-        assert!(report["idleTailSeconds"].as_f64().unwrap() > 0.5, "{report}");
-        let managers: Vec<String> = runs.get("r1").await.unwrap().metadata.managed_fields.unwrap_or_default()
-            .into_iter().filter_map(|m| m.manager).collect();
-        assert!(managers.iter().any(|m| m == "fleetscore-scaler"), "{managers:?}");
+        assert!(
+            report["timeToFirstPodRunningSeconds"].as_f64().is_some(),
+            "{report}"
+        );
+        assert!(
+            report["idleTailSeconds"].as_f64().unwrap() > 0.5,
+            "{report}"
+        );
+        let managers: Vec<String> = runs
+            .get("r1")
+            .await
+            .unwrap()
+            .metadata
+            .managed_fields
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| m.manager)
+            .collect();
+        assert!(
+            managers.iter().any(|m| m == "fleetscore-scaler"),
+            "{managers:?}"
+        );
         // The final report also went into the per-run histograms.
         let mut registry = prometheus_client::registry::Registry::default();
         scaler.1.register(&mut registry);
-        eventually("the run is in fleetscore_scaler_run_node_minutes", TIMEOUT, || async {
-            let mut text = String::new();
-            prometheus_client::encoding::text::encode(&mut text, &registry).ok()?;
-            text.contains("fleetscore_scaler_run_node_minutes_count 1").then_some(())
-        })
+        eventually(
+            "the run is in fleetscore_scaler_run_node_minutes",
+            TIMEOUT,
+            || async {
+                let mut text = String::new();
+                prometheus_client::encoding::text::encode(&mut text, &registry).ok()?;
+                text.contains("fleetscore_scaler_run_node_minutes_count 1")
+                    .then_some(())
+            },
+        )
         .await;
         // `kubectl describe scoringrun r1` says why nodes came and went.
         for reason in ["NodePoolScaledUp", "NodePoolScaledDown"] {
@@ -279,41 +356,79 @@ async fn a_run_scales_the_pool_from_zero_to_n_and_back_to_zero_and_reports_it() 
 
 #[tokio::test]
 async fn scale_down_waits_for_the_delay_and_never_strands_an_active_job() {
-    let Some(env) = TestEnv::for_test().await else { return };
+    let Some(env) = TestEnv::for_test().await else {
+        return;
+    };
     install_crd(&env.client).await;
     let pool = "no-strand";
     env.with_temp_ns(|client, ns| async move {
         let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-        jobs.create(&PostParams::default(), &job("short", "r2", pool, "2s")).await.unwrap();
-        jobs.create(&PostParams::default(), &job("long", "r2", pool, "1h")).await.unwrap();
+        jobs.create(&PostParams::default(), &job("short", "r2", pool, "2s"))
+            .await
+            .unwrap();
+        jobs.create(&PostParams::default(), &job("long", "r2", pool, "1h"))
+            .await
+            .unwrap();
         let delay = Duration::from_secs(6);
         let scaler = Scaler::start(&client, config(pool, &ns, 1, delay));
-        eventually("the pool has 2 nodes", TIMEOUT, || async { (pool_nodes(&client, pool).await.len() == 2).then_some(()) }).await;
+        eventually("the pool has 2 nodes", TIMEOUT, || async {
+            (pool_nodes(&client, pool).await.len() == 2).then_some(())
+        })
+        .await;
         let long_node = eventually("the long Job's pod runs", TIMEOUT, || async {
             let pods = run_pods(&client, &ns, "r2").await;
             pods.iter()
-                .find(|p| p.metadata.labels.as_ref().and_then(|l| l.get("batch.kubernetes.io/job-name")).map(String::as_str) == Some("long") && phase(p) == "Running")
+                .find(|p| {
+                    p.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("batch.kubernetes.io/job-name"))
+                        .map(String::as_str)
+                        == Some("long")
+                        && phase(p) == "Running"
+                })
                 .and_then(node_of)
         })
         .await;
-        eventually("the short Job completes", TIMEOUT, || async { job_done(&client, &ns, "short").await.then_some(()) }).await;
+        eventually("the short Job completes", TIMEOUT, || async {
+            job_done(&client, &ns, "short").await.then_some(())
+        })
+        .await;
         let short_done = Instant::now();
         // Keep-warm: both nodes stay for the delay (6 s, counted from up to a resync earlier).
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_eq!(pool_nodes(&client, pool).await.len(), 2, "a node went before the keep-warm delay");
+        assert_eq!(
+            pool_nodes(&client, pool).await.len(),
+            2,
+            "a node went before the keep-warm delay"
+        );
         // Then the idle node goes and the one holding the long Job stays.
-        eventually("the pool shrinks to 1 node", TIMEOUT, || async { (pool_nodes(&client, pool).await.len() == 1).then_some(()) }).await;
-        assert!(short_done.elapsed() >= delay - Duration::from_secs(3), "{:?}", short_done.elapsed());
+        eventually("the pool shrinks to 1 node", TIMEOUT, || async {
+            (pool_nodes(&client, pool).await.len() == 1).then_some(())
+        })
+        .await;
+        assert!(
+            short_done.elapsed() >= delay - Duration::from_secs(3),
+            "{:?}",
+            short_done.elapsed()
+        );
         assert_eq!(pool_nodes(&client, pool).await, vec![long_node.clone()]);
         let pods = run_pods(&client, &ns, "r2").await;
-        let long = pods.iter().find(|p| node_of(p).as_deref() == Some(long_node.as_str()) && phase(p) == "Running");
+        let long = pods
+            .iter()
+            .find(|p| node_of(p).as_deref() == Some(long_node.as_str()) && phase(p) == "Running");
         assert!(long.is_some(), "the long Job's pod still runs on its node");
         // Stays at 1 while the Job is active, well past the delay.
         tokio::time::sleep(delay + Duration::from_secs(2)).await;
         assert_eq!(pool_nodes(&client, pool).await, vec![long_node]);
 
-        jobs.delete("long", &DeleteParams::background()).await.unwrap();
-        eventually("the pool is back to 0 nodes", TIMEOUT, || async { pool_nodes(&client, pool).await.is_empty().then_some(()) }).await;
+        jobs.delete("long", &DeleteParams::background())
+            .await
+            .unwrap();
+        eventually("the pool is back to 0 nodes", TIMEOUT, || async {
+            pool_nodes(&client, pool).await.is_empty().then_some(())
+        })
+        .await;
         drop(scaler);
     })
     .await;
@@ -322,14 +437,21 @@ async fn scale_down_waits_for_the_delay_and_never_strands_an_active_job() {
 
 #[tokio::test]
 async fn two_overlapping_runs_share_the_pool() {
-    let Some(env) = TestEnv::for_test().await else { return };
+    let Some(env) = TestEnv::for_test().await else {
+        return;
+    };
     install_crd(&env.client).await;
     let pool = "shared";
     env.with_temp_ns(|client, ns| async move {
         let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
         for run in ["ra", "rb"] {
             for i in 0..2 {
-                jobs.create(&PostParams::default(), &job(&format!("{run}-{i}"), run, pool, "20s")).await.unwrap();
+                jobs.create(
+                    &PostParams::default(),
+                    &job(&format!("{run}-{i}"), run, pool, "20s"),
+                )
+                .await
+                .unwrap();
             }
         }
         let scaler = Scaler::start(&client, config(pool, &ns, 2, Duration::from_secs(2)));
@@ -354,10 +476,15 @@ async fn two_overlapping_runs_share_the_pool() {
         assert_eq!(scaler.1.desired.get(), 2);
         for run in ["ra", "rb"] {
             for i in 0..2 {
-                jobs.delete(&format!("{run}-{i}"), &DeleteParams::background()).await.unwrap();
+                jobs.delete(&format!("{run}-{i}"), &DeleteParams::background())
+                    .await
+                    .unwrap();
             }
         }
-        eventually("the pool is back to 0 nodes", TIMEOUT, || async { pool_nodes(&client, pool).await.is_empty().then_some(()) }).await;
+        eventually("the pool is back to 0 nodes", TIMEOUT, || async {
+            pool_nodes(&client, pool).await.is_empty().then_some(())
+        })
+        .await;
         drop(scaler);
     })
     .await;
@@ -366,7 +493,9 @@ async fn two_overlapping_runs_share_the_pool() {
 
 #[tokio::test]
 async fn a_schedule_prewarms_the_pool_before_its_next_slot() {
-    let Some(env) = TestEnv::for_test().await else { return };
+    let Some(env) = TestEnv::for_test().await else {
+        return;
+    };
     install_crd(&env.client).await;
     let pool = "prewarm";
     env.with_temp_ns(|client, ns| async move {
@@ -405,7 +534,9 @@ async fn a_schedule_prewarms_the_pool_before_its_next_slot() {
 
 #[tokio::test]
 async fn the_run_controllers_jobs_wait_for_the_pool_and_the_run_reports_its_nodes() {
-    let Some(env) = TestEnv::for_test().await else { return };
+    let Some(env) = TestEnv::for_test().await else {
+        return;
+    };
     install_crd(&env.client).await;
     let pool = "e2e";
     env.with_temp_ns(|client, ns| async move {

@@ -48,7 +48,11 @@ pub const MAX_LISTED_FAILURES: usize = 50;
     printcolumn(name = "Active", type_ = "integer", json_path = ".status.active"),
     printcolumn(name = "Duration", type_ = "string", json_path = ".status.duration"),
     printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("!has(self.credentials) || !(has(self.credentials.secretName) && has(self.credentials.workloadIdentityServiceAccount))").message("credentials: set either secretName or workloadIdentityServiceAccount, not both"))]
 #[x_kube(validation = Rule::new("!has(self.rerunOf) || !has(self.sensors)").message("rerunOf takes its sensors from the earlier run: leave sensors unset"))]
@@ -150,7 +154,9 @@ pub struct SensorSelector {
 pub type LabelSafe = String;
 
 /// One sensor, by device and tag (as written in the readings CSV).
-#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
 pub struct SensorRef {
     /// Device id, e.g. `"1"`.
     #[schemars(regex(pattern = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$"))]
@@ -300,7 +306,10 @@ pub enum Phase {
 impl Phase {
     /// True once the run will not change any more.
     pub fn is_finished(self) -> bool {
-        matches!(self, Self::Succeeded | Self::PartiallySucceeded | Self::Failed)
+        matches!(
+            self,
+            Self::Succeeded | Self::PartiallySucceeded | Self::Failed
+        )
     }
     /// The name as written in the status.
     pub fn as_str(self) -> &'static str {

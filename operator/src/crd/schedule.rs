@@ -31,8 +31,20 @@ macro_rules! cron_field {
     };
     ($v:literal, $extra:literal) => {
         concat!(
-            "(?:(?:[*]|", $v, "(?:-", $v, ")?)(?:/[0-9]+)?", $extra, ")",
-            "(?:,(?:(?:[*]|", $v, "(?:-", $v, ")?)(?:/[0-9]+)?", $extra, "))*"
+            "(?:(?:[*]|",
+            $v,
+            "(?:-",
+            $v,
+            ")?)(?:/[0-9]+)?",
+            $extra,
+            ")",
+            "(?:,(?:(?:[*]|",
+            $v,
+            "(?:-",
+            $v,
+            ")?)(?:/[0-9]+)?",
+            $extra,
+            "))*"
         )
     };
 }
@@ -59,7 +71,6 @@ pub const SCHEDULE_CEL: &str = concat!(
 pub const TIME_ZONE_CEL: &str =
     "self.matches('^[A-Za-z][A-Za-z0-9_+-]*(?:/[A-Za-z0-9_+-]+){0,2}$')";
 
-
 /// Creates a `ScoringRun` from `runTemplate` at every slot of a cron schedule in a time zone.
 // The printcolumn(...) entries repeat `type_ = ...`, which clippy takes for duplicated attributes.
 #[allow(clippy::duplicated_attributes)]
@@ -77,9 +88,21 @@ pub const TIME_ZONE_CEL: &str =
     printcolumn(name = "TimeZone", type_ = "string", json_path = ".spec.timeZone"),
     printcolumn(name = "Suspend", type_ = "boolean", json_path = ".spec.suspend"),
     printcolumn(name = "Active", type_ = "integer", json_path = ".status.activeCount"),
-    printcolumn(name = "Last Run", type_ = "date", json_path = ".status.lastScheduleTime"),
-    printcolumn(name = "Next Run", type_ = "string", json_path = ".status.nextScheduleTime"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Last Run",
+        type_ = "date",
+        json_path = ".status.lastScheduleTime"
+    ),
+    printcolumn(
+        name = "Next Run",
+        type_ = "string",
+        json_path = ".status.nextScheduleTime"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ScoringScheduleSpec {
@@ -274,10 +297,23 @@ mod tests {
     #[test]
     fn the_time_zone_rule_accepts_iana_names_and_refuses_offsets() {
         let re = regex_of(TIME_ZONE_CEL);
-        for ok in ["UTC", "Europe/Amsterdam", "America/Argentina/Buenos_Aires", "Etc/GMT+5", "EST5EDT"] {
+        for ok in [
+            "UTC",
+            "Europe/Amsterdam",
+            "America/Argentina/Buenos_Aires",
+            "Etc/GMT+5",
+            "EST5EDT",
+        ] {
             assert!(re.is_match(ok), "should accept {ok:?}");
         }
-        for bad in ["", "+02:00", "Europe/", "/UTC", "Europe Amsterdam", "a/b/c/d"] {
+        for bad in [
+            "",
+            "+02:00",
+            "Europe/",
+            "/UTC",
+            "Europe Amsterdam",
+            "a/b/c/d",
+        ] {
             assert!(!re.is_match(bad), "should refuse {bad:?}");
         }
     }
@@ -304,7 +340,13 @@ mod tests {
         .unwrap();
         assert_eq!(spec.time_zone, "UTC");
         assert_eq!(spec.concurrency_policy, ConcurrencyPolicy::Allow);
-        assert_eq!((spec.successful_runs_history_limit, spec.failed_runs_history_limit), (3, 1));
+        assert_eq!(
+            (
+                spec.successful_runs_history_limit,
+                spec.failed_runs_history_limit
+            ),
+            (3, 1)
+        );
         assert!(!spec.suspend && spec.backfill.is_none());
     }
 }

@@ -106,7 +106,9 @@ pub enum ArmError {
         reason: String,
     },
     /// The pool has the cluster autoscaler on: we never scale it.
-    #[error("agent pool {pool} has the cluster autoscaler enabled; fleetscore leaves its size to AKS")]
+    #[error(
+        "agent pool {pool} has the cluster autoscaler enabled; fleetscore leaves its size to AKS"
+    )]
     AutoscalerEnabled {
         /// Pool name.
         pool: String,
@@ -229,9 +231,12 @@ impl AgentPool {
             }
         }
         if let Some(props) = body.get_mut("properties").and_then(Value::as_object_mut) {
-            for k in
-                ["provisioningState", "nodeImageVersion", "currentOrchestratorVersion", "eTag"]
-            {
+            for k in [
+                "provisioningState",
+                "nodeImageVersion",
+                "currentOrchestratorVersion",
+                "eTag",
+            ] {
                 props.remove(k);
             }
             props.insert("count".into(), Value::from(count));
@@ -276,7 +281,13 @@ impl ArmClient {
             url: endpoint.into(),
             reason: format!("not a URL: {e}"),
         })?;
-        Ok(Self { http, endpoint, api_version: API_VERSION.into(), tokens, retry })
+        Ok(Self {
+            http,
+            endpoint,
+            api_version: API_VERSION.into(),
+            tokens,
+            retry,
+        })
     }
 
     /// Overrides the pinned api-version (for a sovereign cloud lagging behind).
@@ -286,11 +297,15 @@ impl ArmClient {
     }
 
     fn pool_url(&self, pool: &AgentPoolRef) -> Result<reqwest::Url, ArmError> {
-        let mut url = self.endpoint.join(&pool.path()).map_err(|e| ArmError::BadAnswer {
-            url: self.endpoint.to_string(),
-            reason: e.to_string(),
-        })?;
-        url.query_pairs_mut().append_pair("api-version", &self.api_version);
+        let mut url = self
+            .endpoint
+            .join(&pool.path())
+            .map_err(|e| ArmError::BadAnswer {
+                url: self.endpoint.to_string(),
+                reason: e.to_string(),
+            })?;
+        url.query_pairs_mut()
+            .append_pair("api-version", &self.api_version);
         Ok(url)
     }
 
@@ -310,13 +325,17 @@ impl ArmClient {
             url.as_str(),
         )?;
         if current.enable_auto_scaling {
-            return Err(ArmError::AutoscalerEnabled { pool: pool.pool.clone() });
+            return Err(ArmError::AutoscalerEnabled {
+                pool: pool.pool.clone(),
+            });
         }
         if current.count == count && current.provisioning_state.as_deref() == Some("Succeeded") {
             return Ok(current);
         }
         let body = current.put_body(count);
-        let a = self.send(Method::PUT, url.clone(), Some(&body), current.etag()).await?;
+        let a = self
+            .send(Method::PUT, url.clone(), Some(&body), current.etag())
+            .await?;
         self.wait_for_operation(&url, &a).await?;
         let after = self.send(Method::GET, url.clone(), None, None).await?;
         AgentPool::from_value(after.body, url.as_str())
@@ -326,7 +345,10 @@ impl ArmClient {
     async fn wait_for_operation(&self, url: &reqwest::Url, put: &Answer) -> Result<(), ArmError> {
         let deadline = Instant::now() + self.retry.operation_timeout;
         let header = |name: &str| {
-            put.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+            put.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
         };
         let timeout = || ArmError::OperationTimeout {
             url: url.to_string(),
@@ -398,12 +420,17 @@ impl ArmClient {
 
     /// Polling URLs come from the server; the token only goes back to the configured origin.
     fn same_origin(&self, u: &str) -> Result<reqwest::Url, ArmError> {
-        let parsed = reqwest::Url::parse(u)
-            .map_err(|e| ArmError::BadAnswer { url: u.into(), reason: e.to_string() })?;
+        let parsed = reqwest::Url::parse(u).map_err(|e| ArmError::BadAnswer {
+            url: u.into(),
+            reason: e.to_string(),
+        })?;
         if parsed.origin() != self.endpoint.origin() {
             return Err(ArmError::BadAnswer {
                 url: u.into(),
-                reason: format!("operation URL is not on {}", self.endpoint.origin().ascii_serialization()),
+                reason: format!(
+                    "operation URL is not on {}",
+                    self.endpoint.origin().ascii_serialization()
+                ),
             });
         }
         Ok(parsed)
@@ -424,7 +451,10 @@ impl ArmClient {
         loop {
             attempt += 1;
             let token = self.tokens.token().await?;
-            let mut req = self.http.request(method.clone(), url.clone()).bearer_auth(token);
+            let mut req = self
+                .http
+                .request(method.clone(), url.clone())
+                .bearer_auth(token);
             if let Some(b) = body {
                 req = req.json(b);
             }
@@ -438,7 +468,9 @@ impl ArmClient {
             };
             let resp = match req.send().await {
                 Ok(r) => r,
-                Err(e) if attempt < self.retry.max_attempts && (e.is_connect() || e.is_timeout()) => {
+                Err(e)
+                    if attempt < self.retry.max_attempts && (e.is_connect() || e.is_timeout()) =>
+                {
                     tracing::warn!(%url, error = %e, attempt, "ARM request failed, retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(self.retry.max_delay);
@@ -455,7 +487,11 @@ impl ArmClient {
                 serde_json::from_str(&text).unwrap_or(Value::String(text))
             };
             if status.is_success() {
-                return Ok(Answer { status, headers, body: body_json });
+                return Ok(Answer {
+                    status,
+                    headers,
+                    body: body_json,
+                });
             }
             let message = arm_message(&body_json);
             let u = url.to_string();
@@ -477,12 +513,20 @@ impl ArmClient {
                             message,
                         });
                     }
-                    let wait = retry_after(&headers).unwrap_or(backoff).min(self.retry.max_delay);
+                    let wait = retry_after(&headers)
+                        .unwrap_or(backoff)
+                        .min(self.retry.max_delay);
                     tracing::info!(%url, status = status.as_u16(), ?wait, attempt, %message, "ARM busy, retrying");
                     tokio::time::sleep(wait).await;
                     backoff = (backoff * 2).min(self.retry.max_delay);
                 }
-                _ => return Err(ArmError::Status { url: u, status: status.as_u16(), message }),
+                _ => {
+                    return Err(ArmError::Status {
+                        url: u,
+                        status: status.as_u16(),
+                        message,
+                    });
+                }
             }
         }
     }
@@ -494,7 +538,9 @@ fn arm_message(body: &Value) -> String {
         Some(e) => {
             let code = e.get("code").and_then(Value::as_str).unwrap_or("");
             let msg = e.get("message").and_then(Value::as_str).unwrap_or("");
-            format!("{code}: {msg}").trim_matches([':', ' ']).to_string()
+            format!("{code}: {msg}")
+                .trim_matches([':', ' '])
+                .to_string()
         }
         None => match body {
             Value::Null => String::new(),
@@ -543,7 +589,10 @@ mod tests {
         let c = ArmClient::new(
             reqwest::Client::new(),
             "https://management.azure.com",
-            TokenProvider::new(super::super::auth::Credential::Static("t".into()), reqwest::Client::new()),
+            TokenProvider::new(
+                super::super::auth::Credential::Static("t".into()),
+                reqwest::Client::new(),
+            ),
             RetryPolicy::default(),
         )
         .unwrap();

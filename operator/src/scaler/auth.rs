@@ -62,7 +62,9 @@ pub enum AuthError {
         reason: String,
     },
     /// Neither workload identity nor managed identity is configured.
-    #[error("no Azure credential: set AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE (workload identity) or run where managed identity is available")]
+    #[error(
+        "no Azure credential: set AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE (workload identity) or run where managed identity is available"
+    )]
     NotConfigured,
 }
 
@@ -96,7 +98,11 @@ impl Credential {
     /// `imds_endpoint` overrides the IMDS URL.
     pub fn from_env(imds_endpoint: Option<String>) -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        match (var("AZURE_CLIENT_ID"), var("AZURE_TENANT_ID"), var("AZURE_FEDERATED_TOKEN_FILE")) {
+        match (
+            var("AZURE_CLIENT_ID"),
+            var("AZURE_TENANT_ID"),
+            var("AZURE_FEDERATED_TOKEN_FILE"),
+        ) {
             (Some(client_id), Some(tenant_id), Some(file)) => Credential::WorkloadIdentity {
                 authority: var("AZURE_AUTHORITY_HOST").unwrap_or_else(|| DEFAULT_AUTHORITY.into()),
                 tenant_id,
@@ -163,7 +169,11 @@ impl NumOrString {
 impl TokenProvider {
     /// A provider for `credential`, sending requests through `http`.
     pub fn new(credential: Credential, http: reqwest::Client) -> Self {
-        Self { credential, http, cache: Mutex::new(None) }
+        Self {
+            credential,
+            http,
+            cache: Mutex::new(None),
+        }
     }
 
     /// Which credential this provider uses.
@@ -192,13 +202,24 @@ impl TokenProvider {
         let name = self.credential.name();
         let (url, request) = match &self.credential {
             Credential::Static(t) => {
-                return Ok(Cached { token: t.clone(), refresh_at: DateTime::<Utc>::MAX_UTC });
+                return Ok(Cached {
+                    token: t.clone(),
+                    refresh_at: DateTime::<Utc>::MAX_UTC,
+                });
             }
-            Credential::WorkloadIdentity { authority, tenant_id, client_id, token_file } => {
+            Credential::WorkloadIdentity {
+                authority,
+                tenant_id,
+                client_id,
+                token_file,
+            } => {
                 // Re-read every time: the kubelet rotates the projected token.
                 let assertion = tokio::fs::read_to_string(token_file)
                     .await
-                    .map_err(|source| AuthError::TokenFile { path: token_file.clone(), source })?;
+                    .map_err(|source| AuthError::TokenFile {
+                        path: token_file.clone(),
+                        source,
+                    })?;
                 let url = format!(
                     "{}/{}/oauth2/v2.0/token",
                     authority.trim_end_matches('/'),
@@ -222,25 +243,34 @@ impl TokenProvider {
                     .body(body);
                 (url, req)
             }
-            Credential::ManagedIdentity { endpoint, client_id } => {
+            Credential::ManagedIdentity {
+                endpoint,
+                client_id,
+            } => {
                 let mut query = vec![("api-version", "2018-02-01"), ("resource", ARM_RESOURCE)];
                 if let Some(id) = client_id {
                     query.push(("client_id", id.as_str()));
                 }
-                let req = self.http.get(endpoint).query(&query).header("Metadata", "true");
+                let req = self
+                    .http
+                    .get(endpoint)
+                    .query(&query)
+                    .header("Metadata", "true");
                 (endpoint.clone(), req)
             }
         };
         let started = Utc::now();
-        let resp = request
-            .send()
-            .await
-            .map_err(|source| AuthError::Request { source_name: name, url: url.clone(), source })?;
+        let resp = request.send().await.map_err(|source| AuthError::Request {
+            source_name: name,
+            url: url.clone(),
+            source,
+        })?;
         let status = resp.status();
-        let text = resp
-            .text()
-            .await
-            .map_err(|source| AuthError::Request { source_name: name, url: url.clone(), source })?;
+        let text = resp.text().await.map_err(|source| AuthError::Request {
+            source_name: name,
+            url: url.clone(),
+            source,
+        })?;
         if !status.is_success() {
             return Err(AuthError::Refused {
                 source_name: name,
@@ -249,11 +279,12 @@ impl TokenProvider {
                 body: shorten(&text),
             });
         }
-        let answer: TokenAnswer = serde_json::from_str(&text).map_err(|e| AuthError::BadAnswer {
-            source_name: name,
-            url: url.clone(),
-            reason: e.to_string(),
-        })?;
+        let answer: TokenAnswer =
+            serde_json::from_str(&text).map_err(|e| AuthError::BadAnswer {
+                source_name: name,
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
         let expires_at = answer
             .expires_in
             .as_ref()
@@ -271,7 +302,10 @@ impl TokenProvider {
                 url: url.clone(),
                 reason: "no expires_in or expires_on".into(),
             })?;
-        Ok(Cached { token: answer.access_token, refresh_at: refresh_time(started, expires_at) })
+        Ok(Cached {
+            token: answer.access_token,
+            refresh_at: refresh_time(started, expires_at),
+        })
     }
 }
 
@@ -305,7 +339,11 @@ fn serde_urlencoded_form(pairs: &[(&str, &str)]) -> String {
         }
         out
     };
-    pairs.iter().map(|(k, v)| format!("{}={}", enc(k), enc(v))).collect::<Vec<_>>().join("&")
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 #[cfg(test)]
@@ -315,8 +353,14 @@ mod tests {
     #[test]
     fn tokens_are_refreshed_five_minutes_before_expiry_or_at_half_life() {
         let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
-        assert_eq!(refresh_time(now, now + TimeDelta::hours(1)), now + TimeDelta::minutes(55));
-        assert_eq!(refresh_time(now, now + TimeDelta::minutes(2)), now + TimeDelta::minutes(1));
+        assert_eq!(
+            refresh_time(now, now + TimeDelta::hours(1)),
+            now + TimeDelta::minutes(55)
+        );
+        assert_eq!(
+            refresh_time(now, now + TimeDelta::minutes(2)),
+            now + TimeDelta::minutes(1)
+        );
     }
 
     #[test]

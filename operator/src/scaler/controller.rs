@@ -7,12 +7,14 @@ use super::aks::{AgentPool, AgentPoolRef, ArmClient, ArmError, RetryPolicy};
 use super::auth::{Credential, TokenProvider};
 use super::kwok::{KwokError, KwokPool, NodeTemplate};
 use super::metrics::ScalerMetrics;
-use super::policy::{self, Decision, PolicyConfig, PolicyError, PolicyInput, PolicyMemory, RunDemand};
+use super::policy::UpcomingRun;
+use super::policy::{
+    self, Decision, PolicyConfig, PolicyError, PolicyInput, PolicyMemory, RunDemand,
+};
 use super::report::{NodePoolReport, Observation, RunTracker, ScalingCondition};
 use crate::crd::run::{ScoringRun, ScoringRunSpec};
 use crate::crd::schedule::ScoringSchedule;
 use crate::schedule::slots::CronSchedule;
-use super::policy::UpcomingRun;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
@@ -142,10 +144,18 @@ struct Scalable {
 
 impl Scalable {
     fn yes() -> Self {
-        Self { ok: true, reason: "Scaling", message: String::new() }
+        Self {
+            ok: true,
+            reason: "Scaling",
+            message: String::new(),
+        }
     }
     fn no(reason: &'static str, message: impl Into<String>) -> Self {
-        Self { ok: false, reason, message: message.into() }
+        Self {
+            ok: false,
+            reason,
+            message: message.into(),
+        }
     }
 }
 
@@ -160,7 +170,10 @@ struct AksBackend {
 }
 
 enum Backend {
-    None { nodes: Box<Api<Node>>, selector: String },
+    None {
+        nodes: Box<Api<Node>>,
+        selector: String,
+    },
     Kwok(Box<KwokPool>),
     Aks(Box<AksBackend>),
 }
@@ -176,7 +189,10 @@ impl Backend {
                     .map_err(|e| format!("cannot list pool nodes: {e}"))?;
                 Ok((
                     u32::try_from(list.items.len()).unwrap_or(u32::MAX),
-                    Scalable::no("ModeNone", "scaler mode none: the pool size is left to the AKS cluster autoscaler"),
+                    Scalable::no(
+                        "ModeNone",
+                        "scaler mode none: the pool size is left to the AKS cluster autoscaler",
+                    ),
                 ))
             }
             Backend::Kwok(pool) => {
@@ -197,8 +213,9 @@ impl Backend {
                     let client = b.client.clone();
                     let pool = b.pool.clone();
                     tracing::info!(pool = %pool.pool, desired, "setting AKS agent pool count");
-                    b.in_flight =
-                        Some(tokio::spawn(async move { client.set_count(&pool, desired).await }));
+                    b.in_flight = Some(tokio::spawn(async move {
+                        client.set_count(&pool, desired).await
+                    }));
                 }
                 Ok(None)
             }
@@ -231,7 +248,10 @@ impl AksBackend {
                 }
             }
         }
-        let stale = self.last.as_ref().is_none_or(|(t, _)| t.elapsed() >= self.read_interval);
+        let stale = self
+            .last
+            .as_ref()
+            .is_none_or(|(t, _)| t.elapsed() >= self.read_interval);
         if stale && self.in_flight.is_none() {
             match self.client.get_pool(&self.pool).await {
                 Ok(p) => self.last = Some((Instant::now(), p)),
@@ -256,7 +276,11 @@ impl AksBackend {
         } else if let Some((_, msg, code)) = &self.last_error {
             Scalable::no(code, msg.clone())
         } else if self.in_flight.is_some() {
-            Scalable { ok: true, reason: "Scaling", message: "scale operation in progress".into() }
+            Scalable {
+                ok: true,
+                reason: "Scaling",
+                message: "scale operation in progress".into(),
+            }
         } else {
             Scalable::yes()
         };
@@ -271,7 +295,11 @@ fn backend(client: &Client, config: &ScalerConfig) -> Result<Backend, ScalerErro
             nodes: Box::new(Api::all(client.clone())),
             selector: format!("{AKS_POOL_LABEL}={}", config.pool),
         },
-        Mode::Kwok => Backend::Kwok(Box::new(KwokPool::new(client.clone(), &config.pool, config.kwok.clone()))),
+        Mode::Kwok => Backend::Kwok(Box::new(KwokPool::new(
+            client.clone(),
+            &config.pool,
+            config.kwok.clone(),
+        ))),
         Mode::Aks => {
             let s = config.aks.clone().ok_or(ScalerError::MissingAksSettings)?;
             let http = reqwest::Client::builder()
@@ -295,7 +323,10 @@ fn backend(client: &Client, config: &ScalerConfig) -> Result<Backend, ScalerErro
 
 fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
 where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
     K::DynamicType: Default,
 {
     match ns {
@@ -305,13 +336,26 @@ where
 }
 
 /// Starts a reflector for `api` and returns its store; `wake` is notified on every change.
-fn reflect<K>(api: Api<K>, cfg: watcher::Config, wake: Arc<Notify>, name: &'static str) -> (Store<K>, JoinHandle<()>)
+fn reflect<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    wake: Arc<Notify>,
+    name: &'static str,
+) -> (Store<K>, JoinHandle<()>)
 where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, cfg)).default_backoff().touched_objects();
+    let stream = reflector::reflector(writer, watcher(api, cfg))
+        .default_backoff()
+        .touched_objects();
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
@@ -336,7 +380,9 @@ pub fn demand(runs: &[Arc<ScoringRun>], jobs: &[Arc<Job>]) -> Vec<RunDemand> {
     let mut active: BTreeMap<String, u32> = BTreeMap::new();
     for j in jobs.iter().filter(|j| !job_finished(j)) {
         if let Some(run) = j.labels().get(RUN_LABEL) {
-            *active.entry(format!("{}/{run}", j.namespace().unwrap_or_default())).or_default() += 1;
+            *active
+                .entry(format!("{}/{run}", j.namespace().unwrap_or_default()))
+                .or_default() += 1;
         }
     }
     let mut out = Vec::new();
@@ -344,21 +390,40 @@ pub fn demand(runs: &[Arc<ScoringRun>], jobs: &[Arc<Job>]) -> Vec<RunDemand> {
         let key = object_key(&**r);
         let act = active.remove(&key).unwrap_or(0);
         let Some(st) = r.status.as_ref() else {
-            out.push(RunDemand { run: key, queued: 0, active: act });
+            out.push(RunDemand {
+                run: key,
+                queued: 0,
+                active: act,
+            });
             continue;
         };
         if st.phase.is_some_and(|p| p.is_finished()) {
             if act > 0 {
-                out.push(RunDemand { run: key, queued: 0, active: act });
+                out.push(RunDemand {
+                    run: key,
+                    queued: 0,
+                    active: act,
+                });
             }
             continue;
         }
         // Only `parallelism` Jobs run at once: the rest of the queue needs no node yet.
-        let not_created = u32::try_from((st.total_batches - st.next_batch).max(0)).unwrap_or(u32::MAX);
-        let room = u32::try_from(r.spec.parallelism.max(1)).unwrap_or(1).saturating_sub(act);
-        out.push(RunDemand { run: key, queued: not_created.min(room), active: act });
+        let not_created =
+            u32::try_from((st.total_batches - st.next_batch).max(0)).unwrap_or(u32::MAX);
+        let room = u32::try_from(r.spec.parallelism.max(1))
+            .unwrap_or(1)
+            .saturating_sub(act);
+        out.push(RunDemand {
+            run: key,
+            queued: not_created.min(room),
+            active: act,
+        });
     }
-    out.extend(active.into_iter().map(|(run, a)| RunDemand { run, queued: 0, active: a }));
+    out.extend(active.into_iter().map(|(run, a)| RunDemand {
+        run,
+        queued: 0,
+        active: a,
+    }));
     out
 }
 
@@ -399,28 +464,52 @@ pub fn upcoming(schedules: &[Arc<ScoringSchedule>], now: DateTime<Utc>) -> Vec<U
 
 /// A Job is finished once it has a Complete or Failed condition.
 pub fn job_finished(j: &Job) -> bool {
-    j.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
-        cs.iter().any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
-    })
+    j.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        })
 }
 
 /// k8s-openapi's `Time` (jiff) as chrono.
 fn to_chrono(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> DateTime<Utc> {
     let ts = t.0;
-    DateTime::from_timestamp(ts.as_second(), u32::try_from(ts.subsec_nanosecond()).unwrap_or(0))
-        .unwrap_or_default()
+    DateTime::from_timestamp(
+        ts.as_second(),
+        u32::try_from(ts.subsec_nanosecond()).unwrap_or(0),
+    )
+    .unwrap_or_default()
 }
 
 /// Earliest time one of the run's pods started running.
-fn first_pod_running(pods: &[Arc<Pod>], ns: &str, run: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+fn first_pod_running(
+    pods: &[Arc<Pod>],
+    ns: &str,
+    run: &str,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
     pods.iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns) && p.labels().get(RUN_LABEL).map(String::as_str) == Some(run))
+        .filter(|p| {
+            p.namespace().as_deref() == Some(ns)
+                && p.labels().get(RUN_LABEL).map(String::as_str) == Some(run)
+        })
         .filter_map(|p| {
             let st = p.status.as_ref()?;
-            let started = st.container_statuses.iter().flatten().filter_map(|c| {
-                let s = c.state.as_ref()?;
-                s.running.as_ref().and_then(|r| r.started_at.as_ref()).or_else(|| s.terminated.as_ref().and_then(|t| t.started_at.as_ref()))
-            }).map(to_chrono).min();
+            let started = st
+                .container_statuses
+                .iter()
+                .flatten()
+                .filter_map(|c| {
+                    let s = c.state.as_ref()?;
+                    s.running
+                        .as_ref()
+                        .and_then(|r| r.started_at.as_ref())
+                        .or_else(|| s.terminated.as_ref().and_then(|t| t.started_at.as_ref()))
+                })
+                .map(to_chrono)
+                .min();
             match st.phase.as_deref() {
                 Some("Running" | "Succeeded" | "Failed") => Some(started.unwrap_or(now)),
                 _ => started,
@@ -430,23 +519,53 @@ fn first_pod_running(pods: &[Arc<Pod>], ns: &str, run: &str, now: DateTime<Utc>)
 }
 
 /// Runs the scaler until a watch ends for good. Metrics go to `metrics`.
-pub async fn run(client: Client, config: ScalerConfig, metrics: ScalerMetrics) -> Result<(), ScalerError> {
+pub async fn run(
+    client: Client,
+    config: ScalerConfig,
+    metrics: ScalerMetrics,
+) -> Result<(), ScalerError> {
     config.policy.validate()?;
     let mut backend = backend(&client, &config)?;
     let ns = config.namespace.as_deref();
     let wake = Arc::new(Notify::new());
-    let (runs, t1) = reflect(api::<ScoringRun>(&client, ns), watcher::Config::default(), wake.clone(), "ScoringRun");
-    let (jobs, t2) = reflect(api::<Job>(&client, ns), watcher::Config::default().labels(MANAGED_BY), wake.clone(), "Job");
-    let (pods, t3) = reflect(api::<Pod>(&client, ns), watcher::Config::default().labels(RUN_LABEL), wake.clone(), "Pod");
+    let (runs, t1) = reflect(
+        api::<ScoringRun>(&client, ns),
+        watcher::Config::default(),
+        wake.clone(),
+        "ScoringRun",
+    );
+    let (jobs, t2) = reflect(
+        api::<Job>(&client, ns),
+        watcher::Config::default().labels(MANAGED_BY),
+        wake.clone(),
+        "Job",
+    );
+    let (pods, t3) = reflect(
+        api::<Pod>(&client, ns),
+        watcher::Config::default().labels(RUN_LABEL),
+        wake.clone(),
+        "Pod",
+    );
     // Schedules are watched only for pre-warming, so the scaler runs without their CRD otherwise.
     let schedules = config.policy.prewarm_lead.map(|_| {
-        reflect(api::<ScoringSchedule>(&client, ns), watcher::Config::default(), wake.clone(), "ScoringSchedule")
+        reflect(
+            api::<ScoringSchedule>(&client, ns),
+            watcher::Config::default(),
+            wake.clone(),
+            "ScoringSchedule",
+        )
     });
-    let _ = tokio::join!(runs.wait_until_ready(), jobs.wait_until_ready(), pods.wait_until_ready());
+    let _ = tokio::join!(
+        runs.wait_until_ready(),
+        jobs.wait_until_ready(),
+        pods.wait_until_ready()
+    );
     if let Some((s, _)) = &schedules {
         let _ = s.wait_until_ready().await;
     }
-    let schedules = schedules.map(|(s, t)| (Some(s), Some(t))).unwrap_or((None, None));
+    let schedules = schedules
+        .map(|(s, t)| (Some(s), Some(t)))
+        .unwrap_or((None, None));
     // The watch tasks go with this future, also when it is aborted.
     let _watches = AbortOnDrop(
         [t1.abort_handle(), t2.abort_handle(), t3.abort_handle()]
@@ -458,7 +577,10 @@ pub async fn run(client: Client, config: ScalerConfig, metrics: ScalerMetrics) -
 
     let recorder = Recorder::new(
         client.clone(),
-        Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() },
+        Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
     );
     let mut state = LoopState::default();
     loop {
@@ -474,11 +596,26 @@ pub async fn run(client: Client, config: ScalerConfig, metrics: ScalerMetrics) -
         if schedules.1.as_ref().is_some_and(JoinHandle::is_finished) {
             return Err(ScalerError::WatchEnded("ScoringSchedule"));
         }
-        let stores = Stores { runs: &runs, jobs: &jobs, pods: &pods, schedules: schedules.0.as_ref() };
-        let recheck = tick(&client, &recorder, &config, &mut backend, &stores, &metrics, &mut state).await;
+        let stores = Stores {
+            runs: &runs,
+            jobs: &jobs,
+            pods: &pods,
+            schedules: schedules.0.as_ref(),
+        };
+        let recheck = tick(
+            &client,
+            &recorder,
+            &config,
+            &mut backend,
+            &stores,
+            &metrics,
+            &mut state,
+        )
+        .await;
         let mut sleep_for = config.resync;
         if let Some(at) = recheck {
-            let until = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO) + Duration::from_millis(50);
+            let until =
+                (at - Utc::now()).to_std().unwrap_or(Duration::ZERO) + Duration::from_millis(50);
             sleep_for = sleep_for.min(until);
         }
         if backend.busy() {
@@ -534,7 +671,10 @@ async fn tick(
     let now = Utc::now();
     let run_list = stores.runs.state();
     let demand = demand(&run_list, &stores.jobs.state());
-    let upcoming = stores.schedules.map(|s| upcoming(&s.state(), now)).unwrap_or_default();
+    let upcoming = stores
+        .schedules
+        .map(|s| upcoming(&s.state(), now))
+        .unwrap_or_default();
     let (current, scalable) = match backend.observe().await {
         Ok(x) => x,
         Err(e) => {
@@ -551,12 +691,27 @@ async fn tick(
             tracing::info!(pool = %config.pool, "scaler leaves the pool size alone: {}", scalable.message);
         } else {
             tracing::warn!(pool = %config.pool, reason = scalable.reason, "scaler does not resize the pool: {}", scalable.message);
-            let note = format!("pool {} is not resized by fleetscore: {}", config.pool, scalable.message);
-            announce(recorder, &run_list, &demand, EventType::Warning, "NodePoolNotScaled", note).await;
+            let note = format!(
+                "pool {} is not resized by fleetscore: {}",
+                config.pool, scalable.message
+            );
+            announce(
+                recorder,
+                &run_list,
+                &demand,
+                EventType::Warning,
+                "NodePoolNotScaled",
+                note,
+            )
+            .await;
         }
         st.last_scalable = Some(scalable.clone());
     }
-    let input = PolicyInput { runs: demand.clone(), current_nodes: current, upcoming };
+    let input = PolicyInput {
+        runs: demand.clone(),
+        current_nodes: current,
+        upcoming,
+    };
     let decision = policy::decide(&config.policy, &input, now, &mut st.memory);
     metrics.observe(current, decision.desired, decision.jobs_needing_node);
 
@@ -567,13 +722,24 @@ async fn tick(
         let (type_, reason, note) = match &result {
             Ok(_) => {
                 metrics.scale_operations.inc();
-                let reason = if decision.desired > current { "NodePoolScaledUp" } else { "NodePoolScaledDown" };
-                (EventType::Normal, reason, format!("pool {}: {current} nodes, {decision}", config.pool))
+                let reason = if decision.desired > current {
+                    "NodePoolScaledUp"
+                } else {
+                    "NodePoolScaledDown"
+                };
+                (
+                    EventType::Normal,
+                    reason,
+                    format!("pool {}: {current} nodes, {decision}", config.pool),
+                )
             }
             Err(e) => {
                 tracing::warn!(error = %e, "scaler could not resize the pool");
                 metrics.errors.inc();
-                let note = format!("pool {}: resizing {current} -> {} nodes failed: {e}", config.pool, decision.desired);
+                let note = format!(
+                    "pool {}: resizing {current} -> {} nodes failed: {e}",
+                    config.pool, decision.desired
+                );
                 (EventType::Warning, "NodePoolScaleFailed", note)
             }
         };
@@ -588,7 +754,20 @@ async fn tick(
     st.last_logged = Some((current, decision.desired, decision.reason.code()));
 
     let observed = (current, after);
-    update_reports(client, config, metrics, &run_list, &demand, stores.pods, observed, &decision, &scalable, st, now).await;
+    update_reports(
+        client,
+        config,
+        metrics,
+        &run_list,
+        &demand,
+        stores.pods,
+        observed,
+        &decision,
+        &scalable,
+        st,
+        now,
+    )
+    .await;
     decision.recheck_at
 }
 
@@ -602,8 +781,14 @@ async fn announce(
     reason: &str,
     note: String,
 ) {
-    let busy: Vec<&Arc<ScoringRun>> =
-        runs.iter().filter(|&r| demand.iter().any(|d| d.needs_nodes() && d.run == object_key(&**r))).collect();
+    let busy: Vec<&Arc<ScoringRun>> = runs
+        .iter()
+        .filter(|&r| {
+            demand
+                .iter()
+                .any(|d| d.needs_nodes() && d.run == object_key(&**r))
+        })
+        .collect();
     let targets = if busy.is_empty() {
         runs.iter()
             .filter_map(|r| Some((r.status.as_ref()?.completion_time.as_ref()?.0, r)))
@@ -615,7 +800,13 @@ async fn announce(
         busy
     };
     for r in targets {
-        let ev = Event { type_, reason: reason.into(), note: Some(note.clone()), action: "Scale".into(), secondary: None };
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.clone()),
+            action: "Scale".into(),
+            secondary: None,
+        };
         if let Err(e) = recorder.publish(&ev, &r.object_ref(&())).await {
             tracing::warn!(run = %object_key(&**r), error = %e, "publishing a scaler event failed");
         }
@@ -637,14 +828,20 @@ async fn update_reports(
     now: DateTime<Utc>,
 ) {
     let pod_list = pods.state();
-    let busy: Vec<&str> = demand.iter().filter(|d| d.needs_nodes()).map(|d| d.run.as_str()).collect();
+    let busy: Vec<&str> = demand
+        .iter()
+        .filter(|d| d.needs_nodes())
+        .map(|d| d.run.as_str())
+        .collect();
     let mut seen = Vec::new();
     for r in runs {
         let ns = r.namespace().unwrap_or_default();
         let name = r.name_any();
         let key = format!("{ns}/{name}");
         let status = r.status.as_ref();
-        let finished = status.and_then(|s| s.phase).is_some_and(|p| p.is_finished());
+        let finished = status
+            .and_then(|s| s.phase)
+            .is_some_and(|p| p.is_finished());
         seen.push(key.clone());
         if !st.trackers.contains_key(&key) {
             if finished {
@@ -655,13 +852,20 @@ async fn update_reports(
                 .map(to_chrono)
                 .or_else(|| r.creation_timestamp().as_ref().map(to_chrono))
                 .unwrap_or(now);
-            st.trackers.insert(key.clone(), RunTracker::new(start, now, before));
+            st.trackers
+                .insert(key.clone(), RunTracker::new(start, now, before));
         }
-        let Some(tracker) = st.trackers.get_mut(&key) else { continue };
+        let Some(tracker) = st.trackers.get_mut(&key) else {
+            continue;
+        };
         if tracker.is_final() {
             continue;
         }
-        let finished_at = finished.then(|| status.and_then(|s| s.completion_time.as_ref()).map_or(now, to_chrono));
+        let finished_at = finished.then(|| {
+            status
+                .and_then(|s| s.completion_time.as_ref())
+                .map_or(now, to_chrono)
+        });
         let others_busy = busy.iter().any(|b| *b != key);
         tracker.observe(Observation {
             now,
@@ -698,16 +902,26 @@ async fn update_reports(
                 "kind": "ScoringRun",
                 "status": { "scaler": report },
             });
-            match api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await {
+            match api
+                .patch_status(
+                    &name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&body),
+                )
+                .await
+            {
                 Ok(_) => {
                     if is_final {
                         metrics.observe_run(&report);
                         st.trackers.remove(&key);
                     }
-                    st.last_patched.insert(key.clone(), (report, Instant::now()));
+                    st.last_patched
+                        .insert(key.clone(), (report, Instant::now()));
                 }
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => tracing::warn!(run = %key, error = %e, "cannot write the node-pool report"),
+                Err(e) => {
+                    tracing::warn!(run = %key, error = %e, "cannot write the node-pool report")
+                }
             }
         }
     }
@@ -734,7 +948,11 @@ mod tests {
     }
 
     fn job(run: &str, finished: bool) -> Arc<Job> {
-        let conditions = if finished { json!([{"type": "Complete", "status": "True"}]) } else { json!([]) };
+        let conditions = if finished {
+            json!([{"type": "Complete", "status": "True"}])
+        } else {
+            json!([])
+        };
         Arc::new(
             serde_json::from_value(json!({
                 "apiVersion": "batch/v1", "kind": "Job",
@@ -747,18 +965,40 @@ mod tests {
 
     #[test]
     fn queued_jobs_count_only_up_to_the_runs_parallelism() {
-        let runs = [run("a", json!({"phase": "Running", "totalBatches": 100, "nextBatch": 3}), 5)];
+        let runs = [run(
+            "a",
+            json!({"phase": "Running", "totalBatches": 100, "nextBatch": 3}),
+            5,
+        )];
         let jobs = [job("a", false), job("a", false), job("a", true)];
         let d = demand(&runs, &jobs);
-        assert_eq!(d, vec![RunDemand { run: "ns/a".into(), queued: 3, active: 2 }]);
+        assert_eq!(
+            d,
+            vec![RunDemand {
+                run: "ns/a".into(),
+                queued: 3,
+                active: 2
+            }]
+        );
     }
 
     #[test]
     fn finished_runs_need_nothing_and_jobs_without_a_run_still_count() {
-        let runs = [run("done", json!({"phase": "Succeeded", "totalBatches": 4, "nextBatch": 4}), 5)];
+        let runs = [run(
+            "done",
+            json!({"phase": "Succeeded", "totalBatches": 4, "nextBatch": 4}),
+            5,
+        )];
         let jobs = [job("done", true), job("handmade", false)];
         let d = demand(&runs, &jobs);
-        assert_eq!(d, vec![RunDemand { run: "ns/handmade".into(), queued: 0, active: 1 }]);
+        assert_eq!(
+            d,
+            vec![RunDemand {
+                run: "ns/handmade".into(),
+                queued: 0,
+                active: 1
+            }]
+        );
     }
 
     #[test]
@@ -768,9 +1008,30 @@ mod tests {
                 "sensorsPerJob": per_job, "storage": {"models": "m", "data": "d", "output": "o"}}))
             .unwrap()
         };
-        assert_eq!(expected_jobs(&spec(json!({"devices": ["1", "2", "3"], "tags": ["4", "5"]}), 10, 1)), 6);
-        assert_eq!(expected_jobs(&spec(json!({"devices": ["1", "2", "3"], "tags": ["4", "5"]}), 10, 4)), 2);
-        assert_eq!(expected_jobs(&spec(json!({"devices": ["1", "2", "3"], "tags": ["4", "5"]}), 4, 1)), 4);
+        assert_eq!(
+            expected_jobs(&spec(
+                json!({"devices": ["1", "2", "3"], "tags": ["4", "5"]}),
+                10,
+                1
+            )),
+            6
+        );
+        assert_eq!(
+            expected_jobs(&spec(
+                json!({"devices": ["1", "2", "3"], "tags": ["4", "5"]}),
+                10,
+                4
+            )),
+            2
+        );
+        assert_eq!(
+            expected_jobs(&spec(
+                json!({"devices": ["1", "2", "3"], "tags": ["4", "5"]}),
+                4,
+                1
+            )),
+            4
+        );
         assert_eq!(expected_jobs(&spec(json!({"allModels": true}), 7, 1)), 7);
     }
 }

@@ -66,7 +66,12 @@ pub struct NodeTemplate {
 
 impl Default for NodeTemplate {
     fn default() -> Self {
-        Self { cpu: "4".into(), memory: "16Gi".into(), pods: 110, taint: None }
+        Self {
+            cpu: "4".into(),
+            memory: "16Gi".into(),
+            pods: 110,
+            taint: None,
+        }
     }
 }
 
@@ -112,7 +117,10 @@ impl KwokPool {
             .nodes
             .list(&ListParams::default().labels(&self.selector()))
             .await
-            .map_err(|source| KwokError::List { pool: self.pool.clone(), source })?;
+            .map_err(|source| KwokError::List {
+                pool: self.pool.clone(),
+                source,
+            })?;
         let mut names: Vec<String> = list
             .items
             .into_iter()
@@ -162,11 +170,25 @@ impl KwokPool {
     async fn create(&self, i: u32) -> Result<(), KwokError> {
         let name = self.node_name(i);
         let node = self.node_object(&name);
-        match self.nodes.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &node).await {
+        match self
+            .nodes
+            .create(
+                &PostParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..Default::default()
+                },
+                &node,
+            )
+            .await
+        {
             Ok(_) => Ok(()),
             // A leftover from an earlier operator (or a concurrent create): it is ours already.
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-            Err(source) => Err(KwokError::Create { pool: self.pool.clone(), node: name, source }),
+            Err(source) => Err(KwokError::Create {
+                pool: self.pool.clone(),
+                node: name,
+                source,
+            }),
         }
     }
 
@@ -179,7 +201,10 @@ impl KwokPool {
             ("kubernetes.io/os".to_string(), "linux".to_string()),
             ("kubernetes.io/arch".to_string(), "amd64".to_string()),
             ("kubernetes.io/role".to_string(), "agent".to_string()),
-            ("app.kubernetes.io/managed-by".to_string(), "fleetscore".to_string()),
+            (
+                "app.kubernetes.io/managed-by".to_string(),
+                "fleetscore".to_string(),
+            ),
         ]);
         let annotations = BTreeMap::from([
             (KWOK_ANNOTATION.to_string(), "fake".to_string()),
@@ -205,7 +230,10 @@ impl KwokPool {
                 annotations: Some(annotations),
                 ..Default::default()
             },
-            spec: Some(k8s_openapi::api::core::v1::NodeSpec { taints, ..Default::default() }),
+            spec: Some(k8s_openapi::api::core::v1::NodeSpec {
+                taints,
+                ..Default::default()
+            }),
             status: Some(k8s_openapi::api::core::v1::NodeStatus {
                 allocatable: Some(capacity.clone()),
                 capacity: Some(capacity),
@@ -217,18 +245,30 @@ impl KwokPool {
     /// Cordons the node, checks it holds no unfinished pod, deletes it; uncordons if it does.
     /// Cordoning first closes the race with the scheduler binding a pod in between.
     async fn remove_if_idle(&self, name: &str) -> Result<bool, KwokError> {
-        let err = |source| KwokError::Remove { pool: self.pool.clone(), node: name.to_string(), source };
+        let err = |source| KwokError::Remove {
+            pool: self.pool.clone(),
+            node: name.to_string(),
+            source,
+        };
         let pp = PatchParams::default();
         if self.busy(name).await.map_err(err)? {
             return Ok(false);
         }
         self.nodes
-            .patch(name, &pp, &Patch::Merge(json!({"spec": {"unschedulable": true}})))
+            .patch(
+                name,
+                &pp,
+                &Patch::Merge(json!({"spec": {"unschedulable": true}})),
+            )
             .await
             .map_err(err)?;
         if self.busy(name).await.map_err(err)? {
             self.nodes
-                .patch(name, &pp, &Patch::Merge(json!({"spec": {"unschedulable": null}})))
+                .patch(
+                    name,
+                    &pp,
+                    &Patch::Merge(json!({"spec": {"unschedulable": null}})),
+                )
                 .await
                 .map_err(err)?;
             return Ok(false);
@@ -247,7 +287,11 @@ impl KwokPool {
             .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
             .await?;
         Ok(pods.items.iter().any(|p| {
-            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+            let phase = p
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .unwrap_or("Pending");
             !matches!(phase, "Succeeded" | "Failed")
         }))
     }

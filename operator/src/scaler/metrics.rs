@@ -49,16 +49,36 @@ impl ScalerMetrics {
     /// Registers the metrics as `fleetscore_scaler_*` in `registry`.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("fleetscore_scaler");
-        r.register("current_nodes", "Nodes in the scoring node pool", self.current.clone());
-        r.register("desired_nodes", "Nodes the scaler wants in the pool", self.desired.clone());
+        r.register(
+            "current_nodes",
+            "Nodes in the scoring node pool",
+            self.current.clone(),
+        );
+        r.register(
+            "desired_nodes",
+            "Nodes the scaler wants in the pool",
+            self.desired.clone(),
+        );
         r.register(
             "jobs_needing_node",
             "Scoring Jobs that need a node (queued within parallelism plus active)",
             self.jobs_needing_node.clone(),
         );
-        r.register("scale_operations", "Pool resize operations started", self.scale_operations.clone());
-        r.register("errors", "Failed pool reads or resizes", self.errors.clone());
-        r.register("run_node_minutes", "Pool node-minutes per finished run", self.run_node_minutes.clone());
+        r.register(
+            "scale_operations",
+            "Pool resize operations started",
+            self.scale_operations.clone(),
+        );
+        r.register(
+            "errors",
+            "Failed pool reads or resizes",
+            self.errors.clone(),
+        );
+        r.register(
+            "run_node_minutes",
+            "Pool node-minutes per finished run",
+            self.run_node_minutes.clone(),
+        );
         r.register(
             "run_first_pod_seconds",
             "Seconds from a run's start to its first pod running",
@@ -104,14 +124,33 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
         assert!(out.contains("fleetscore_scaler_current_nodes 2"), "{out}");
         assert!(out.contains("fleetscore_scaler_desired_nodes 3"), "{out}");
-        assert!(out.contains("fleetscore_scaler_scale_operations_total 0"), "{out}");
-        let report = NodePoolReport { node_minutes: 3.0, idle_tail_seconds: Some(40.0), ..NodePoolReport::default() };
+        assert!(
+            out.contains("fleetscore_scaler_scale_operations_total 0"),
+            "{out}"
+        );
+        let report = NodePoolReport {
+            node_minutes: 3.0,
+            idle_tail_seconds: Some(40.0),
+            ..NodePoolReport::default()
+        };
         m.observe_run(&report);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
-        assert!(out.contains("fleetscore_scaler_run_node_minutes_count 1"), "{out}");
-        assert!(out.contains("fleetscore_scaler_run_node_minutes_sum 3.0"), "{out}");
-        assert!(out.contains("fleetscore_scaler_run_idle_tail_seconds_count 1"), "{out}");
-        assert!(out.contains("fleetscore_scaler_run_first_pod_seconds_count 0"), "{out}");
+        assert!(
+            out.contains("fleetscore_scaler_run_node_minutes_count 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("fleetscore_scaler_run_node_minutes_sum 3.0"),
+            "{out}"
+        );
+        assert!(
+            out.contains("fleetscore_scaler_run_idle_tail_seconds_count 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("fleetscore_scaler_run_first_pod_seconds_count 0"),
+            "{out}"
+        );
     }
 }

@@ -50,7 +50,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
             'd' => 86400,
             _ => return Err(err()),
         };
-        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(err)?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(err)?;
     }
     if !num.is_empty() {
         return Err(err());
@@ -62,19 +65,40 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ScalerArgs {
     /// none: report only (AKS cluster autoscaler decides); kwok: fake Nodes; aks: an AKS agent pool.
-    #[arg(long = "scaler-mode", env = "FLEETSCORE_SCALER_MODE", value_enum, default_value = "none")]
+    #[arg(
+        long = "scaler-mode",
+        env = "FLEETSCORE_SCALER_MODE",
+        value_enum,
+        default_value = "none"
+    )]
     pub mode: Mode,
     /// Node pool name: the `fleetscore.dev/pool` label of kwok nodes, or the AKS agent pool.
-    #[arg(long = "scaler-pool", env = "FLEETSCORE_SCALER_POOL", default_value = "scoring")]
+    #[arg(
+        long = "scaler-pool",
+        env = "FLEETSCORE_SCALER_POOL",
+        default_value = "scoring"
+    )]
     pub pool: String,
     /// Fewest nodes the pool keeps.
-    #[arg(long = "scaler-min-nodes", env = "FLEETSCORE_SCALER_MIN_NODES", default_value_t = 0)]
+    #[arg(
+        long = "scaler-min-nodes",
+        env = "FLEETSCORE_SCALER_MIN_NODES",
+        default_value_t = 0
+    )]
     pub min_nodes: u32,
     /// Most nodes the pool gets.
-    #[arg(long = "scaler-max-nodes", env = "FLEETSCORE_SCALER_MAX_NODES", default_value_t = 10)]
+    #[arg(
+        long = "scaler-max-nodes",
+        env = "FLEETSCORE_SCALER_MAX_NODES",
+        default_value_t = 10
+    )]
     pub max_nodes: u32,
     /// Scoring Jobs one node runs at once.
-    #[arg(long = "scaler-jobs-per-node", env = "FLEETSCORE_SCALER_JOBS_PER_NODE", default_value_t = 4)]
+    #[arg(
+        long = "scaler-jobs-per-node",
+        env = "FLEETSCORE_SCALER_JOBS_PER_NODE",
+        default_value_t = 4
+    )]
     pub jobs_per_node: u32,
     /// Keep-warm: how long the pool keeps its size after demand drops (e.g. 10m).
     #[arg(long = "scaler-scale-down-delay", env = "FLEETSCORE_SCALER_SCALE_DOWN_DELAY", default_value = "10m", value_parser = parse_duration)]
@@ -127,9 +151,11 @@ impl ScalerArgs {
         policy.validate()?;
         let aks = match self.mode {
             Mode::Aks => {
-                let (Some(subscription), Some(resource_group), Some(cluster)) =
-                    (&self.aks_subscription, &self.aks_resource_group, &self.aks_cluster)
-                else {
+                let (Some(subscription), Some(resource_group), Some(cluster)) = (
+                    &self.aks_subscription,
+                    &self.aks_resource_group,
+                    &self.aks_cluster,
+                ) else {
                     return Err(ScalerError::MissingAksSettings);
                 };
                 Some(controller::AksSettings {

@@ -63,7 +63,10 @@ impl PolicyConfig {
             return Err(PolicyError::ZeroJobsPerNode);
         }
         if self.min_nodes > self.max_nodes {
-            return Err(PolicyError::MinAboveMax { min: self.min_nodes, max: self.max_nodes });
+            return Err(PolicyError::MinAboveMax {
+                min: self.min_nodes,
+                max: self.max_nodes,
+            });
         }
         delta(self.scale_down_delay, "scaleDownDelay")?;
         if let Some(lead) = self.prewarm_lead {
@@ -213,7 +216,11 @@ pub fn decide(
     now: DateTime<Utc>,
     memory: &mut PolicyMemory,
 ) -> Decision {
-    let jobs_needing_node: u32 = input.runs.iter().map(|r| r.queued.saturating_add(r.active)).sum();
+    let jobs_needing_node: u32 = input
+        .runs
+        .iter()
+        .map(|r| r.queued.saturating_add(r.active))
+        .sum();
     let active_jobs: u32 = input.runs.iter().map(|r| r.active).sum();
     let demand_nodes = config.clamp(config.nodes_for(jobs_needing_node));
     let active_floor = config.clamp(config.nodes_for(active_jobs));
@@ -221,7 +228,10 @@ pub fn decide(
     // Pre-warm: the largest upcoming run whose slot is within the lead time.
     let mut prewarm: Option<(u32, &UpcomingRun)> = None;
     let mut next_prewarm_start: Option<DateTime<Utc>> = None;
-    if let Some(lead) = config.prewarm_lead.and_then(|l| TimeDelta::from_std(l).ok()) {
+    if let Some(lead) = config
+        .prewarm_lead
+        .and_then(|l| TimeDelta::from_std(l).ok())
+    {
         for up in &input.upcoming {
             let start = up.at - lead;
             if now >= start && now <= up.at {
@@ -243,9 +253,10 @@ pub fn decide(
     let (desired, reason, mut recheck_at) = if target >= current {
         memory.last_needed_at = Some(now);
         let reason = match prewarm {
-            Some((_, up)) if prewarm_wins && target > current => {
-                Reason::Prewarm { schedule: up.schedule.clone(), at: up.at }
-            }
+            Some((_, up)) if prewarm_wins && target > current => Reason::Prewarm {
+                schedule: up.schedule.clone(),
+                at: up.at,
+            },
             _ if target > current => Reason::ScaleUp,
             _ => Reason::Steady,
         };
@@ -254,7 +265,9 @@ pub fn decide(
         // The delay starts at the first observation if we never saw the pool needed (restart).
         let since = *memory.last_needed_at.get_or_insert(now);
         let delay = TimeDelta::from_std(config.scale_down_delay).unwrap_or(TimeDelta::MAX);
-        let until = since.checked_add_signed(delay).unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let until = since
+            .checked_add_signed(delay)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         if now >= until {
             (target.max(active_floor), Reason::ScaleDown, None)
         } else {
@@ -264,7 +277,13 @@ pub fn decide(
     if let Some(start) = next_prewarm_start {
         recheck_at = Some(recheck_at.map_or(start, |t| t.min(start)));
     }
-    Decision { desired, jobs_needing_node, active_jobs, reason, recheck_at }
+    Decision {
+        desired,
+        jobs_needing_node,
+        active_jobs,
+        reason,
+        recheck_at,
+    }
 }
 
 #[cfg(test)]
@@ -286,11 +305,19 @@ mod tests {
     }
 
     fn run(name: &str, queued: u32, active: u32) -> RunDemand {
-        RunDemand { run: name.into(), queued, active }
+        RunDemand {
+            run: name.into(),
+            queued,
+            active,
+        }
     }
 
     fn input(runs: Vec<RunDemand>, current: u32) -> PolicyInput {
-        PolicyInput { runs, current_nodes: current, upcoming: vec![] }
+        PolicyInput {
+            runs,
+            current_nodes: current,
+            upcoming: vec![],
+        }
     }
 
     #[test]
@@ -307,7 +334,10 @@ mod tests {
         let mut c = cfg();
         c.min_nodes = 1;
         let mut m = PolicyMemory::default();
-        assert_eq!(decide(&c, &input(vec![run("a", 100, 0)], 0), t(0), &mut m).desired, 5);
+        assert_eq!(
+            decide(&c, &input(vec![run("a", 100, 0)], 0), t(0), &mut m).desired,
+            5
+        );
         let mut m = PolicyMemory::default();
         let d = decide(&c, &input(vec![], 0), t(0), &mut m);
         assert_eq!(d.desired, 1);
@@ -368,11 +398,19 @@ mod tests {
     #[test]
     fn two_overlapping_runs_add_up_and_the_pool_waits_for_the_second() {
         let mut m = PolicyMemory::default();
-        let d = decide(&cfg(), &input(vec![run("a", 2, 4), run("b", 0, 4)], 0), t(0), &mut m);
+        let d = decide(
+            &cfg(),
+            &input(vec![run("a", 2, 4), run("b", 0, 4)], 0),
+            t(0),
+            &mut m,
+        );
         assert_eq!(d.desired, 3);
         // Run a finishes; b still holds a node, so 2 idle nodes wait for the delay, then go.
         let d = decide(&cfg(), &input(vec![run("b", 0, 4)], 3), t(60), &mut m);
-        assert_eq!((d.desired, d.reason), (3, Reason::KeepWarm { until: t(300) }));
+        assert_eq!(
+            (d.desired, d.reason),
+            (3, Reason::KeepWarm { until: t(300) })
+        );
         let d = decide(&cfg(), &input(vec![run("b", 0, 4)], 3), t(300), &mut m);
         assert_eq!((d.desired, d.reason), (1, Reason::ScaleDown));
     }
@@ -381,7 +419,11 @@ mod tests {
     fn prewarm_grows_the_pool_before_the_slot_sized_from_the_next_run() {
         let mut c = cfg();
         c.prewarm_lead = Some(Duration::from_secs(120));
-        let up = UpcomingRun { schedule: "ns/hourly".into(), at: t(1000), jobs: 10 };
+        let up = UpcomingRun {
+            schedule: "ns/hourly".into(),
+            at: t(1000),
+            jobs: 10,
+        };
         let mut i = input(vec![], 0);
         i.upcoming = vec![up];
         let mut m = PolicyMemory::default();
@@ -390,13 +432,23 @@ mod tests {
         assert_eq!(d.recheck_at, Some(t(880)));
         let d = decide(&c, &i, t(880), &mut m);
         assert_eq!(d.desired, 3);
-        assert_eq!(d.reason, Reason::Prewarm { schedule: "ns/hourly".into(), at: t(1000) });
+        assert_eq!(
+            d.reason,
+            Reason::Prewarm {
+                schedule: "ns/hourly".into(),
+                at: t(1000)
+            }
+        );
     }
 
     #[test]
     fn prewarm_is_off_without_a_lead_time() {
         let mut i = input(vec![], 0);
-        i.upcoming = vec![UpcomingRun { schedule: "s".into(), at: t(10), jobs: 10 }];
+        i.upcoming = vec![UpcomingRun {
+            schedule: "s".into(),
+            at: t(10),
+            jobs: 10,
+        }];
         let mut m = PolicyMemory::default();
         assert_eq!(decide(&cfg(), &i, t(5), &mut m).desired, 0);
     }
@@ -408,7 +460,10 @@ mod tests {
         assert_eq!(c.validate(), Err(PolicyError::ZeroJobsPerNode));
         let mut c = cfg();
         c.min_nodes = 6;
-        assert_eq!(c.validate(), Err(PolicyError::MinAboveMax { min: 6, max: 5 }));
+        assert_eq!(
+            c.validate(),
+            Err(PolicyError::MinAboveMax { min: 6, max: 5 })
+        );
         assert_eq!(cfg().validate(), Ok(()));
     }
 
@@ -416,6 +471,9 @@ mod tests {
     fn the_decision_reads_as_a_sentence() {
         let mut m = PolicyMemory::default();
         let d = decide(&cfg(), &input(vec![run("a", 1, 0)], 0), t(0), &mut m);
-        assert_eq!(d.to_string(), "desired 1 nodes (ScaleUp; 1 jobs need a node, 0 active)");
+        assert_eq!(
+            d.to_string(),
+            "desired 1 nodes (ScaleUp; 1 jobs need a node, 0 active)"
+        );
     }
 }

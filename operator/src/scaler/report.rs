@@ -164,12 +164,22 @@ mod tests {
     fn a_run_that_scales_zero_to_two_and_back_reports_its_nodes_and_tail() {
         let mut r = RunTracker::new(t(0), t(1), 0);
         r.observe(obs(5, 2));
-        r.observe(Observation { first_pod_running: Some(t(8)), ..obs(10, 2) });
+        r.observe(Observation {
+            first_pod_running: Some(t(8)),
+            ..obs(10, 2)
+        });
         r.observe(obs(65, 2));
         // Last Job done at 65; the pool stays warm until 125, then reaches 0.
-        r.observe(Observation { finished_at: Some(t(65)), ..obs(70, 2) });
+        r.observe(Observation {
+            finished_at: Some(t(65)),
+            ..obs(70, 2)
+        });
         assert!(!r.is_final());
-        r.observe(Observation { finished_at: Some(t(65)), pool_released: true, ..obs(125, 0) });
+        r.observe(Observation {
+            finished_at: Some(t(65)),
+            pool_released: true,
+            ..obs(125, 0)
+        });
         assert!(r.is_final());
         let rep = r.report();
         assert_eq!(rep.nodes_at_start, 0);

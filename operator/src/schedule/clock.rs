@@ -80,10 +80,15 @@ mod tests {
 
     #[test]
     fn a_scaled_clock_runs_fast_and_can_jump_forward() {
-        let start = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc);
+        let start = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let clock = ScaledClock::new(start, 60.0);
         let wait = clock.real_duration_until(start + Duration::minutes(1));
-        assert!(wait <= StdDuration::from_secs(1) && wait > StdDuration::from_millis(900), "{wait:?}");
+        assert!(
+            wait <= StdDuration::from_secs(1) && wait > StdDuration::from_millis(900),
+            "{wait:?}"
+        );
         clock.advance(Duration::hours(2));
         assert!(clock.now() >= start + Duration::hours(2));
         assert_eq!(clock.real_duration_until(start), StdDuration::ZERO);

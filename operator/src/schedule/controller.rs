@@ -155,7 +155,10 @@ pub fn error_policy(
 ) -> Action {
     ctx.metrics.errors.inc();
     // A conflicting status write means another writer was faster: retry at once on fresh state.
-    if let ScheduleError::WriteStatus { source: kube::Error::Api(s), .. } = error
+    if let ScheduleError::WriteStatus {
+        source: kube::Error::Api(s),
+        ..
+    } = error
         && s.is_conflict()
     {
         return Action::requeue(StdDuration::from_millis(100));
@@ -191,7 +194,12 @@ pub async fn reconcile(
     let sched = match schedules.get_opt(&name).await {
         Ok(Some(fresh)) => fresh,
         Ok(None) => return Ok(Action::await_change()),
-        Err(source) => return Err(ScheduleError::GetSchedule { schedule: name, source }),
+        Err(source) => {
+            return Err(ScheduleError::GetSchedule {
+                schedule: name,
+                source,
+            });
+        }
     };
     let runs_api: Api<ScoringRun> = Api::namespaced(ctx.client.clone(), &ns);
     let now = ctx.clock.now();
@@ -208,9 +216,25 @@ pub async fn reconcile(
                 SlotError::UnknownTimeZone { .. } => "UnknownTimeZone",
                 _ => "InvalidSchedule",
             };
-            let changed = set_condition(&mut status.conditions, "Invalid", true, reason, &e.to_string(), generation, now);
+            let changed = set_condition(
+                &mut status.conditions,
+                "Invalid",
+                true,
+                reason,
+                &e.to_string(),
+                generation,
+                now,
+            );
             if changed {
-                publish(&ctx, &sched, EventType::Warning, "Invalid", "Validate", e.to_string()).await;
+                publish(
+                    &ctx,
+                    &sched,
+                    EventType::Warning,
+                    "Invalid",
+                    "Validate",
+                    e.to_string(),
+                )
+                .await;
             }
             write_status(&schedules, &sched, &old, &status).await?;
             return Ok(Action::await_change());
@@ -218,7 +242,10 @@ pub async fn reconcile(
     };
 
     let runs = list_runs(&runs_api, &sched).await?;
-    let mut active: Vec<&OwnedRun> = runs.iter().filter(|r| r.finished.is_none() && !r.deleting).collect();
+    let mut active: Vec<&OwnedRun> = runs
+        .iter()
+        .filter(|r| r.finished.is_none() && !r.deleting)
+        .collect();
     let newest_run = runs.iter().map(|r| r.slot).max();
     let created = sched
         .metadata
@@ -252,7 +279,10 @@ pub async fn reconcile(
                 EventType::Normal,
                 "Replaced",
                 "DeleteRun",
-                format!("deleted active run {} (concurrencyPolicy Replace)", run.name),
+                format!(
+                    "deleted active run {} (concurrencyPolicy Replace)",
+                    run.name
+                ),
             )
             .await;
         }
@@ -314,7 +344,15 @@ pub async fn reconcile(
         .await;
     }
     if plan.missed > 0 {
-        publish(&ctx, &sched, EventType::Warning, "Missed", "MissSlot", missed_message(&plan)).await;
+        publish(
+            &ctx,
+            &sched,
+            EventType::Warning,
+            "Missed",
+            "MissSlot",
+            missed_message(&plan),
+        )
+        .await;
     }
 
     prune_history(&runs_api, &sched, &runs).await?;
@@ -332,7 +370,10 @@ pub async fn reconcile(
 }
 
 /// Lists the runs this schedule controls, with their slots, oldest first.
-async fn list_runs(api: &Api<ScoringRun>, sched: &ScoringSchedule) -> Result<Vec<OwnedRun>, ScheduleError> {
+async fn list_runs(
+    api: &Api<ScoringRun>,
+    sched: &ScoringSchedule,
+) -> Result<Vec<OwnedRun>, ScheduleError> {
     let name = sched.name_any();
     let selector = format!("{SCHEDULE_LABEL}={}", label_value(&name));
     let list = api
@@ -390,7 +431,10 @@ pub fn build_run(sched: &ScoringSchedule, cron: &CronSchedule, slot: DateTime<Ut
         annotations.extend(meta.annotations.clone());
     }
     labels.insert(SCHEDULE_LABEL.to_string(), label_value(&name));
-    labels.insert("app.kubernetes.io/managed-by".to_string(), "fleetscore".to_string());
+    labels.insert(
+        "app.kubernetes.io/managed-by".to_string(),
+        "fleetscore".to_string(),
+    );
     annotations.insert(SCHEDULED_AT_ANNOTATION.to_string(), rfc3339(slot));
     if let Some(start) = cron.previous_before(slot) {
         annotations.insert(WINDOW_START_ANNOTATION.to_string(), rfc3339(start));
@@ -419,8 +463,10 @@ async fn prune_history(
         (true, sched.spec.successful_runs_history_limit),
         (false, sched.spec.failed_runs_history_limit),
     ] {
-        let finished: Vec<&OwnedRun> =
-            runs.iter().filter(|r| r.finished == Some(outcome) && !r.deleting).collect();
+        let finished: Vec<&OwnedRun> = runs
+            .iter()
+            .filter(|r| r.finished == Some(outcome) && !r.deleting)
+            .collect();
         let keep = usize::try_from(limit.max(0)).unwrap_or(0);
         let excess = finished.len().saturating_sub(keep);
         // `runs` is sorted oldest first.
@@ -463,7 +509,12 @@ fn next_status(
         .into_iter()
         .flatten()
         .max();
-    let newest = |ok: bool| runs.iter().filter(|r| r.finished == Some(ok)).map(|r| r.slot).max();
+    let newest = |ok: bool| {
+        runs.iter()
+            .filter(|r| r.finished == Some(ok))
+            .map(|r| r.slot)
+            .max()
+    };
     status.last_successful_time = old.last_successful_time.max(newest(true));
     status.last_failure_time = old.last_failure_time.max(newest(false));
     let mut active_runs: Vec<crate::crd::schedule::ActiveRun> = active
@@ -484,20 +535,56 @@ fn next_status(
     status.missed_slots = old
         .missed_slots
         .saturating_add(i64::try_from(lost).unwrap_or(i64::MAX));
-    set_condition(&mut status.conditions, "Invalid", false, "Valid", "schedule and timeZone are valid", generation, now);
+    set_condition(
+        &mut status.conditions,
+        "Invalid",
+        false,
+        "Valid",
+        "schedule and timeZone are valid",
+        generation,
+        now,
+    );
     let (suspended, why) = if sched.spec.suspend {
         (true, "spec.suspend is true: no new runs")
     } else {
         (false, "runs are created on schedule")
     };
-    set_condition(&mut status.conditions, "Suspended", suspended, if suspended { "Suspended" } else { "Active" }, why, generation, now);
+    set_condition(
+        &mut status.conditions,
+        "Suspended",
+        suspended,
+        if suspended { "Suspended" } else { "Active" },
+        why,
+        generation,
+        now,
+    );
     // Only a tick that had due slots says whether slots were missed.
     if !plan.create.is_empty() || lost > 0 {
         if lost > 0 {
-            let reason = if plan.skipped.is_empty() { "SlotsMissed" } else { "SlotsSkipped" };
-            set_condition(&mut status.conditions, "Missed", true, reason, &missed_message(plan), generation, now);
+            let reason = if plan.skipped.is_empty() {
+                "SlotsMissed"
+            } else {
+                "SlotsSkipped"
+            };
+            set_condition(
+                &mut status.conditions,
+                "Missed",
+                true,
+                reason,
+                &missed_message(plan),
+                generation,
+                now,
+            );
         } else {
-            set_condition(&mut status.conditions, "Missed", false, "OnTime", "the latest due slots ran", generation, now);
+            set_condition(
+                &mut status.conditions,
+                "Missed",
+                false,
+                "OnTime",
+                "the latest due slots ran",
+                generation,
+                now,
+            );
         }
     }
     status
@@ -507,7 +594,11 @@ fn next_status(
 fn missed_message(plan: &TickPlan) -> String {
     let mut parts = Vec::new();
     if plan.missed > 0 {
-        let more = if plan.missed_is_lower_bound { " or more" } else { "" };
+        let more = if plan.missed_is_lower_bound {
+            " or more"
+        } else {
+            ""
+        };
         parts.push(format!(
             "{}{more} slot(s) missed (past startingDeadlineSeconds or beyond backfill.limit)",
             plan.missed
@@ -524,7 +615,11 @@ fn missed_message(plan: &TickPlan) -> String {
 }
 
 fn join_slots(slots: &[DateTime<Utc>]) -> String {
-    slots.iter().map(|s| rfc3339(*s)).collect::<Vec<_>>().join(", ")
+    slots
+        .iter()
+        .map(|s| rfc3339(*s))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -549,7 +644,10 @@ fn set_condition(
     );
     match conditions.iter_mut().find(|c| c.type_ == type_) {
         Some(c) => {
-            let changed = c.status != status || c.reason != reason || c.message != message || c.observed_generation != generation;
+            let changed = c.status != status
+                || c.reason != reason
+                || c.message != message
+                || c.observed_generation != generation;
             if c.status != status {
                 c.last_transition_time = transition;
             }
@@ -593,13 +691,17 @@ async fn write_status(
         "metadata": { "resourceVersion": sched.resource_version() },
         "status": new,
     });
-    api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
-        .await
-        .map(|_| ())
-        .map_err(|source| ScheduleError::WriteStatus {
-            schedule: name,
-            source,
-        })
+    api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| ScheduleError::WriteStatus {
+        schedule: name,
+        source,
+    })
 }
 
 /// Publishes an event about the schedule; a failure to publish is logged, never fatal.
@@ -638,28 +740,77 @@ mod tests {
         sched.metadata.namespace = Some("ns".into());
         sched.metadata.uid = Some("uid-1".into());
         let cron = CronSchedule::parse("0 * * * *", Some("Europe/Amsterdam")).unwrap();
-        let slot = DateTime::parse_from_rfc3339("2026-01-01T10:00:00Z").unwrap().with_timezone(&Utc);
+        let slot = DateTime::parse_from_rfc3339("2026-01-01T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let run = build_run(&sched, &cron, slot);
         assert_eq!(run.name_any(), "hourly-202601011000");
         assert_eq!(run.namespace().as_deref(), Some("ns"));
         assert_eq!(run.spec.schedule.as_deref(), Some("hourly"));
-        assert_eq!(run.labels().get(SCHEDULE_LABEL).map(String::as_str), Some("hourly"));
+        assert_eq!(
+            run.labels().get(SCHEDULE_LABEL).map(String::as_str),
+            Some("hourly")
+        );
         assert_eq!(run.labels().get("team").map(String::as_str), Some("iot"));
-        assert_eq!(run.annotations()[SCHEDULED_AT_ANNOTATION], "2026-01-01T10:00:00Z");
-        assert_eq!(run.annotations()[WINDOW_START_ANNOTATION], "2026-01-01T09:00:00Z");
-        assert_eq!(run.annotations()[WINDOW_END_ANNOTATION], "2026-01-01T10:00:00Z");
+        assert_eq!(
+            run.annotations()[SCHEDULED_AT_ANNOTATION],
+            "2026-01-01T10:00:00Z"
+        );
+        assert_eq!(
+            run.annotations()[WINDOW_START_ANNOTATION],
+            "2026-01-01T09:00:00Z"
+        );
+        assert_eq!(
+            run.annotations()[WINDOW_END_ANNOTATION],
+            "2026-01-01T10:00:00Z"
+        );
         let owner = &run.owner_references()[0];
-        assert_eq!((owner.uid.as_str(), owner.controller), ("uid-1", Some(true)));
+        assert_eq!(
+            (owner.uid.as_str(), owner.controller),
+            ("uid-1", Some(true))
+        );
     }
 
     #[test]
     fn a_condition_keeps_its_transition_time_while_its_status_holds() {
-        let t0 = DateTime::parse_from_rfc3339("2026-01-01T10:00:00Z").unwrap().with_timezone(&Utc);
+        let t0 = DateTime::parse_from_rfc3339("2026-01-01T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let mut conditions = Vec::new();
-        assert!(set_condition(&mut conditions, "Missed", true, "SlotsMissed", "2 missed", None, t0));
-        assert!(!set_condition(&mut conditions, "Missed", true, "SlotsMissed", "2 missed", None, t0 + chrono::Duration::hours(1)));
-        assert_eq!(conditions[0].last_transition_time.0.as_second(), t0.timestamp());
-        assert!(set_condition(&mut conditions, "Missed", false, "OnTime", "ok", None, t0 + chrono::Duration::hours(2)));
-        assert_eq!(conditions[0].last_transition_time.0.as_second(), t0.timestamp() + 7200);
+        assert!(set_condition(
+            &mut conditions,
+            "Missed",
+            true,
+            "SlotsMissed",
+            "2 missed",
+            None,
+            t0
+        ));
+        assert!(!set_condition(
+            &mut conditions,
+            "Missed",
+            true,
+            "SlotsMissed",
+            "2 missed",
+            None,
+            t0 + chrono::Duration::hours(1)
+        ));
+        assert_eq!(
+            conditions[0].last_transition_time.0.as_second(),
+            t0.timestamp()
+        );
+        assert!(set_condition(
+            &mut conditions,
+            "Missed",
+            false,
+            "OnTime",
+            "ok",
+            None,
+            t0 + chrono::Duration::hours(2)
+        ));
+        assert_eq!(
+            conditions[0].last_transition_time.0.as_second(),
+            t0.timestamp() + 7200
+        );
     }
 }

@@ -59,7 +59,9 @@ impl LocalSchedule {
             serde_yaml::from_value(doc).map_err(|e| manifest(e.to_string()))?;
         let name = schedule.name_any();
         if name.is_empty() {
-            return Err(manifest("metadata.name is required (runs are named after it)".into()));
+            return Err(manifest(
+                "metadata.name is required (runs are named after it)".into(),
+            ));
         }
         let cron = CronSchedule::parse(&schedule.spec.schedule, Some(&schedule.spec.time_zone))
             .map_err(|source| LocalScheduleError::Schedule {
@@ -138,23 +140,39 @@ spec:
 
     #[test]
     fn the_local_run_is_the_one_the_operator_would_create_for_the_latest_slot() {
-        let s = LocalSchedule::from_yaml(serde_yaml::from_str(SCHEDULE).unwrap(), "s.yaml").unwrap();
+        let s =
+            LocalSchedule::from_yaml(serde_yaml::from_str(SCHEDULE).unwrap(), "s.yaml").unwrap();
         let slot = s.latest_slot(t("2026-01-01T10:59:30Z")).unwrap();
         assert_eq!(slot, t("2026-01-01T10:00:00Z"));
-        assert_eq!(s.latest_slot(t("2026-01-01T11:00:00Z")), Some(t("2026-01-01T11:00:00Z")));
+        assert_eq!(
+            s.latest_slot(t("2026-01-01T11:00:00Z")),
+            Some(t("2026-01-01T11:00:00Z"))
+        );
         let run = s.run_for(slot);
         assert_eq!(run.name_any(), "hourly-scoring-202601011000");
-        assert_eq!(run.annotations()[SCHEDULED_AT_ANNOTATION], "2026-01-01T10:00:00Z");
-        assert_eq!(run.annotations()[WINDOW_START_ANNOTATION], "2026-01-01T09:00:00Z");
+        assert_eq!(
+            run.annotations()[SCHEDULED_AT_ANNOTATION],
+            "2026-01-01T10:00:00Z"
+        );
+        assert_eq!(
+            run.annotations()[WINDOW_START_ANNOTATION],
+            "2026-01-01T09:00:00Z"
+        );
         assert!(run.owner_references().is_empty());
     }
 
     #[test]
     fn a_bad_time_zone_is_reported_with_the_file_and_schedule() {
-        let doc = serde_yaml::from_str(&SCHEDULE.replace("Europe/Amsterdam", "Europe/Atlantis")).unwrap();
+        let doc =
+            serde_yaml::from_str(&SCHEDULE.replace("Europe/Amsterdam", "Europe/Atlantis")).unwrap();
         let err = LocalSchedule::from_yaml(doc, "s.yaml").unwrap_err();
         let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
-        assert!(text.contains("s.yaml") && text.contains("hourly-scoring") && text.contains("Europe/Atlantis"), "{text}");
+        assert!(
+            text.contains("s.yaml")
+                && text.contains("hourly-scoring")
+                && text.contains("Europe/Atlantis"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -165,7 +183,11 @@ spec:
             .chain(std::fs::read_dir(dir.join("aks")).unwrap())
             .map(|e| e.unwrap().path())
             .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-            .filter(|p| std::fs::read_to_string(p).unwrap().contains("kind: ScoringSchedule"))
+            .filter(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap()
+                    .contains("kind: ScoringSchedule")
+            })
             .collect();
         files.sort();
         assert!(files.len() >= 2, "{files:?}");
@@ -173,10 +195,22 @@ spec:
             let doc = serde_yaml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
             let s = LocalSchedule::from_yaml(doc, &file.display().to_string()).unwrap();
             let re = |rule: &str| {
-                regex::Regex::new(rule.strip_prefix("self.matches('").unwrap().strip_suffix("')").unwrap()).unwrap()
+                regex::Regex::new(
+                    rule.strip_prefix("self.matches('")
+                        .unwrap()
+                        .strip_suffix("')")
+                        .unwrap(),
+                )
+                .unwrap()
             };
-            assert!(re(crate::crd::schedule::SCHEDULE_CEL).is_match(&s.schedule.spec.schedule), "{file:?}");
-            assert!(re(crate::crd::schedule::TIME_ZONE_CEL).is_match(&s.schedule.spec.time_zone), "{file:?}");
+            assert!(
+                re(crate::crd::schedule::SCHEDULE_CEL).is_match(&s.schedule.spec.schedule),
+                "{file:?}"
+            );
+            assert!(
+                re(crate::crd::schedule::TIME_ZONE_CEL).is_match(&s.schedule.spec.time_zone),
+                "{file:?}"
+            );
         }
     }
 
@@ -194,13 +228,26 @@ spec:
             let mut seen = seen.lock().unwrap();
             seen.push((run.name_any(), slot, clock.now()));
             let stop = seen.len() >= 3;
-            async move { if stop { Err("enough".to_string()) } else { Ok(true) } }
+            async move {
+                if stop {
+                    Err("enough".to_string())
+                } else {
+                    Ok(true)
+                }
+            }
         })
         .await;
         assert_eq!(result, Err("enough".to_string()));
         let seen = seen.into_inner().unwrap();
         let names: Vec<&str> = seen.iter().map(|(n, _, _)| n.as_str()).collect();
-        assert_eq!(names, ["hourly-scoring-202601011000", "hourly-scoring-202601011001", "hourly-scoring-202601011002"]);
+        assert_eq!(
+            names,
+            [
+                "hourly-scoring-202601011000",
+                "hourly-scoring-202601011001",
+                "hourly-scoring-202601011002"
+            ]
+        );
         for (_, slot, at) in &seen[1..] {
             assert!(at >= slot, "ran {at} before its slot {slot}");
         }

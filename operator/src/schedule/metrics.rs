@@ -30,22 +30,46 @@ impl ScheduleMetrics {
     /// Registers the metrics as `fleetscore_schedule_*` in `registry`.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("fleetscore_schedule");
-        r.register("reconciles", "ScoringSchedule reconciles", self.reconciles.clone());
-        r.register("reconcile_errors", "ScoringSchedule reconciles that failed", self.errors.clone());
-        r.register("slots", "Schedule slots by outcome (created, skipped, missed)", self.slots.clone());
-        r.register("runs_replaced", "Active runs deleted by concurrencyPolicy Replace", self.replaced.clone());
+        r.register(
+            "reconciles",
+            "ScoringSchedule reconciles",
+            self.reconciles.clone(),
+        );
+        r.register(
+            "reconcile_errors",
+            "ScoringSchedule reconciles that failed",
+            self.errors.clone(),
+        );
+        r.register(
+            "slots",
+            "Schedule slots by outcome (created, skipped, missed)",
+            self.slots.clone(),
+        );
+        r.register(
+            "runs_replaced",
+            "Active runs deleted by concurrencyPolicy Replace",
+            self.replaced.clone(),
+        );
     }
 
     /// Counts `n` slots with `outcome`.
     pub fn slots(&self, outcome: &str, n: u64) {
         if n > 0 {
-            self.slots.get_or_create(&SlotLabels { outcome: outcome.into() }).inc_by(n);
+            self.slots
+                .get_or_create(&SlotLabels {
+                    outcome: outcome.into(),
+                })
+                .inc_by(n);
         }
     }
 
     /// Slots counted so far with `outcome`.
     pub fn slot_count(&self, outcome: &str) -> u64 {
-        self.slots.get(&SlotLabels { outcome: outcome.into() }).map_or(0, |c| c.get())
+        self.slots
+            .get(&SlotLabels {
+                outcome: outcome.into(),
+            })
+            .map_or(0, |c| c.get())
     }
 }
 
@@ -61,10 +85,23 @@ mod tests {
         m.slots("created", 2);
         m.slots("missed", 0);
         m.slots("skipped", 1);
-        assert_eq!((m.slot_count("created"), m.slot_count("missed"), m.slot_count("skipped")), (2, 0, 1));
+        assert_eq!(
+            (
+                m.slot_count("created"),
+                m.slot_count("missed"),
+                m.slot_count("skipped")
+            ),
+            (2, 0, 1)
+        );
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg).unwrap_or_default();
-        assert!(out.contains("fleetscore_schedule_slots_total{outcome=\"created\"} 2"), "{out}");
-        assert!(out.contains("fleetscore_schedule_reconciles_total 0"), "{out}");
+        assert!(
+            out.contains("fleetscore_schedule_slots_total{outcome=\"created\"} 2"),
+            "{out}"
+        );
+        assert!(
+            out.contains("fleetscore_schedule_reconciles_total 0"),
+            "{out}"
+        );
     }
 }

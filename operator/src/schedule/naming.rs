@@ -36,7 +36,9 @@ fn shorten(name: &str, max: usize) -> String {
 
 /// 32-bit FNV-1a: stable across releases and platforms (std's hasher is not).
 fn fnv1a(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+    bytes.iter().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 #[cfg(test)]
@@ -44,12 +46,17 @@ mod tests {
     use super::*;
 
     fn slot() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-11-01T06:00:00Z").unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339("2026-11-01T06:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     #[test]
     fn a_run_is_named_after_its_schedule_and_utc_slot() {
-        assert_eq!(run_name("hourly-scoring", slot()), "hourly-scoring-202611010600");
+        assert_eq!(
+            run_name("hourly-scoring", slot()),
+            "hourly-scoring-202611010600"
+        );
     }
 
     #[test]

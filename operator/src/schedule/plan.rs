@@ -66,7 +66,9 @@ pub fn plan_tick(input: &TickInput<'_>) -> TickPlan {
         ConcurrencyPolicy::Replace => 1,
         _ => backfill + 1,
     };
-    let due = input.cron.missed_between(input.last_handled, input.now, keep);
+    let due = input
+        .cron
+        .missed_between(input.last_handled, input.now, keep);
     let mut plan = TickPlan {
         next: input.cron.next_after(input.now).ok(),
         ..TickPlan::default()
@@ -83,7 +85,11 @@ pub fn plan_tick(input: &TickInput<'_>) -> TickPlan {
     let eligible: Vec<DateTime<Utc>> = match spec.starting_deadline_seconds {
         Some(secs) => {
             let oldest_allowed = input.now - Duration::seconds(secs);
-            due.slots.iter().copied().filter(|s| *s >= oldest_allowed).collect()
+            due.slots
+                .iter()
+                .copied()
+                .filter(|s| *s >= oldest_allowed)
+                .collect()
         }
         None => due.slots.clone(),
     };
@@ -164,7 +170,12 @@ mod tests {
 
     #[test]
     fn a_due_slot_is_created_and_becomes_the_last_handled() {
-        let p = tick(&spec(""), "2026-01-01T10:00:00Z", "2026-01-01T11:00:00.2Z", 0);
+        let p = tick(
+            &spec(""),
+            "2026-01-01T10:00:00Z",
+            "2026-01-01T11:00:00.2Z",
+            0,
+        );
         assert_eq!(p.create, vec![t("2026-01-01T11:00:00Z")]);
         assert_eq!(p.last_handled, Some(t("2026-01-01T11:00:00Z")));
         assert_eq!(p.next, Some(t("2026-01-01T12:00:00Z")));
@@ -185,7 +196,11 @@ mod tests {
         let p = tick(&s, "2026-01-01T05:00:00Z", "2026-01-01T10:30:00Z", 0);
         assert_eq!(
             p.create,
-            vec![t("2026-01-01T08:00:00Z"), t("2026-01-01T09:00:00Z"), t("2026-01-01T10:00:00Z")]
+            vec![
+                t("2026-01-01T08:00:00Z"),
+                t("2026-01-01T09:00:00Z"),
+                t("2026-01-01T10:00:00Z")
+            ]
         );
         assert_eq!(p.missed, 2);
         assert_eq!(p.last_handled, Some(t("2026-01-01T10:00:00Z")));
@@ -239,7 +254,12 @@ mod tests {
 
     #[test]
     fn a_suspended_schedule_passes_due_slots_over_silently() {
-        let p = tick(&spec("suspend: true"), "2026-01-01T05:00:00Z", "2026-01-01T10:30:00Z", 0);
+        let p = tick(
+            &spec("suspend: true"),
+            "2026-01-01T05:00:00Z",
+            "2026-01-01T10:30:00Z",
+            0,
+        );
         assert!(p.create.is_empty());
         assert_eq!((p.suspended, p.missed), (5, 0));
         assert_eq!(p.last_handled, Some(t("2026-01-01T10:00:00Z")));

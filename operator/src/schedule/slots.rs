@@ -40,7 +40,9 @@ pub enum SlotError {
         reason: String,
     },
     /// The time zone is not in the IANA database compiled into chrono-tz.
-    #[error("timeZone {zone:?} is not a known IANA time zone (for example \"UTC\" or \"Europe/Amsterdam\")")]
+    #[error(
+        "timeZone {zone:?} is not a known IANA time zone (for example \"UTC\" or \"Europe/Amsterdam\")"
+    )]
     UnknownTimeZone {
         /// The zone as written in the spec.
         zone: String,
@@ -90,7 +92,14 @@ impl CronSchedule {
             trimmed.to_string()
         };
         if normalised.starts_with('@') {
-            const MACROS: [&str; 6] = ["@yearly", "@annually", "@monthly", "@weekly", "@daily", "@hourly"];
+            const MACROS: [&str; 6] = [
+                "@yearly",
+                "@annually",
+                "@monthly",
+                "@weekly",
+                "@daily",
+                "@hourly",
+            ];
             if !MACROS.iter().any(|m| m.eq_ignore_ascii_case(&normalised)) {
                 return Err(invalid(format!(
                     "unknown macro; use one of {} or @midnight",
@@ -255,7 +264,9 @@ fn check_standard_fields(expr: &str) -> Result<(), String> {
             return Err(format!("{name} field {field:?} contains {bad:?}"));
         }
         if field.contains('?') && !matches!(i, 2 | 4) {
-            return Err(format!("{name} field {field:?}: '?' is only allowed in day fields"));
+            return Err(format!(
+                "{name} field {field:?}: '?' is only allowed in day fields"
+            ));
         }
         // Letters are only allowed as whole month or day names.
         for token in field.split(|c: char| !c.is_ascii_alphabetic()) {
@@ -302,24 +313,40 @@ mod tests {
         let s = CronSchedule::parse("0 * * * *", None).unwrap();
         assert_eq!(
             slots(&s, "2026-01-01T10:00:00Z", 3),
-            ["2026-01-01T11:00:00+00:00", "2026-01-01T12:00:00+00:00", "2026-01-01T13:00:00+00:00"]
+            [
+                "2026-01-01T11:00:00+00:00",
+                "2026-01-01T12:00:00+00:00",
+                "2026-01-01T13:00:00+00:00"
+            ]
         );
     }
 
     #[test]
     fn next_after_is_strict_and_ignores_subseconds() {
         let s = CronSchedule::parse("*/5 * * * *", None).unwrap();
-        assert_eq!(s.next_after(utc("2026-01-01T10:05:00Z")).unwrap(), utc("2026-01-01T10:10:00Z"));
-        assert_eq!(s.next_after(utc("2026-01-01T10:04:59.9Z")).unwrap(), utc("2026-01-01T10:05:00Z"));
+        assert_eq!(
+            s.next_after(utc("2026-01-01T10:05:00Z")).unwrap(),
+            utc("2026-01-01T10:10:00Z")
+        );
+        assert_eq!(
+            s.next_after(utc("2026-01-01T10:04:59.9Z")).unwrap(),
+            utc("2026-01-01T10:05:00Z")
+        );
     }
 
     #[test]
     fn macros_and_names_are_understood() {
         let daily = CronSchedule::parse("@midnight", Some("Asia/Tokyo")).unwrap();
-        assert_eq!(daily.next_after(utc("2026-03-01T16:00:00Z")).unwrap(), utc("2026-03-02T15:00:00Z"));
+        assert_eq!(
+            daily.next_after(utc("2026-03-01T16:00:00Z")).unwrap(),
+            utc("2026-03-02T15:00:00Z")
+        );
         let weekday = CronSchedule::parse("30 9 * jan-mar MON-FRI", None).unwrap();
         // 2026-01-03 is a Saturday: next is Monday 5 January.
-        assert_eq!(weekday.next_after(utc("2026-01-02T10:00:00Z")).unwrap(), utc("2026-01-05T09:30:00Z"));
+        assert_eq!(
+            weekday.next_after(utc("2026-01-02T10:00:00Z")).unwrap(),
+            utc("2026-01-05T09:30:00Z")
+        );
         assert!(CronSchedule::parse("@hourly", None).is_ok());
     }
 
@@ -350,7 +377,11 @@ mod tests {
         // 2026-03-08 02:00 EST jumps to 03:00 EDT (07:00 UTC): slots stay one real hour apart.
         assert_eq!(
             slots(&s, "2026-03-08T05:30:00Z", 3),
-            ["2026-03-08T06:00:00+00:00", "2026-03-08T07:00:00+00:00", "2026-03-08T08:00:00+00:00"]
+            [
+                "2026-03-08T06:00:00+00:00",
+                "2026-03-08T07:00:00+00:00",
+                "2026-03-08T08:00:00+00:00"
+            ]
         );
     }
 
@@ -371,14 +402,21 @@ mod tests {
         assert_eq!(
             slots(&s, "2026-11-01T04:30:00Z", 3),
             // 01:00 EDT (05:00 UTC), 01:00 EST (06:00 UTC), 02:00 EST (07:00 UTC).
-            ["2026-11-01T05:00:00+00:00", "2026-11-01T06:00:00+00:00", "2026-11-01T07:00:00+00:00"]
+            [
+                "2026-11-01T05:00:00+00:00",
+                "2026-11-01T06:00:00+00:00",
+                "2026-11-01T07:00:00+00:00"
+            ]
         );
     }
 
     #[test]
     fn a_half_hour_zone_is_evaluated_in_local_time() {
         let s = CronSchedule::parse("0 0 * * *", Some("Asia/Kolkata")).unwrap();
-        assert_eq!(s.next_after(utc("2026-05-01T00:00:00Z")).unwrap(), utc("2026-05-01T18:30:00Z"));
+        assert_eq!(
+            s.next_after(utc("2026-05-01T00:00:00Z")).unwrap(),
+            utc("2026-05-01T18:30:00Z")
+        );
     }
 
     #[test]
@@ -390,11 +428,20 @@ mod tests {
             ("*/20 * * * *", "Australia/Lord_Howe"),
         ] {
             let s = CronSchedule::parse(expr, Some(zone)).unwrap();
-            for start in ["2026-03-07T00:00:00Z", "2026-03-28T00:00:00Z", "2026-10-31T00:00:00Z", "2026-04-04T00:00:00Z"] {
+            for start in [
+                "2026-03-07T00:00:00Z",
+                "2026-03-28T00:00:00Z",
+                "2026-10-31T00:00:00Z",
+                "2026-04-04T00:00:00Z",
+            ] {
                 let mut prev = s.next_after(utc(start)).unwrap();
                 for _ in 0..60 {
                     let next = s.next_after(prev).unwrap();
-                    assert_eq!(s.previous_before(next), Some(prev), "{expr} in {zone} before {next}");
+                    assert_eq!(
+                        s.previous_before(next),
+                        Some(prev),
+                        "{expr} in {zone} before {next}"
+                    );
                     prev = next;
                 }
             }
@@ -409,7 +456,11 @@ mod tests {
         assert!(!m.total_is_lower_bound);
         assert_eq!(
             m.slots,
-            vec![utc("2026-01-01T10:40:00Z"), utc("2026-01-01T10:50:00Z"), utc("2026-01-01T11:00:00Z")]
+            vec![
+                utc("2026-01-01T10:40:00Z"),
+                utc("2026-01-01T10:50:00Z"),
+                utc("2026-01-01T11:00:00Z")
+            ]
         );
         let none = s.missed_between(utc("2026-01-01T10:00:00Z"), utc("2026-01-01T10:09:59Z"), 3);
         assert_eq!(none.total, 0);
@@ -451,8 +502,13 @@ mod tests {
             let err = CronSchedule::parse(expr, None).unwrap_err().to_string();
             assert!(err.contains(needle), "{expr}: {err}");
         }
-        let err = CronSchedule::parse("0 * * * *", Some("Mars/Olympus")).unwrap_err().to_string();
-        assert!(err.contains("Mars/Olympus") && err.contains("IANA"), "{err}");
+        let err = CronSchedule::parse("0 * * * *", Some("Mars/Olympus"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("Mars/Olympus") && err.contains("IANA"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -38,7 +38,11 @@ pub struct Seen {
 #[derive(Debug, Clone)]
 pub enum Scripted {
     /// An ARM error with this status, code and optional Retry-After seconds.
-    Error { status: u16, code: &'static str, retry_after: Option<u64> },
+    Error {
+        status: u16,
+        code: &'static str,
+        retry_after: Option<u64>,
+    },
 }
 
 /// How the next PUT's long-running operation behaves.
@@ -104,7 +108,10 @@ impl FakeArm {
             seen: vec![],
             put_script: VecDeque::new(),
             get_script: VecDeque::new(),
-            operation: Operation::Async { in_progress: 0, end: "Succeeded" },
+            operation: Operation::Async {
+                in_progress: 0,
+                end: "Succeeded",
+            },
             op_polls_left: 0,
             pending_count: None,
             tokens_issued: 0,
@@ -152,7 +159,10 @@ impl FakeArm {
 
     /// Requests to paths starting with `prefix`, with `method`.
     pub fn seen_to(&self, method: &str, prefix: &str) -> Vec<Seen> {
-        self.seen().into_iter().filter(|s| s.method == method && s.path.starts_with(prefix)).collect()
+        self.seen()
+            .into_iter()
+            .filter(|s| s.method == method && s.path.starts_with(prefix))
+            .collect()
     }
 
     /// Tokens issued so far.
@@ -162,7 +172,9 @@ impl FakeArm {
 
     /// The pool's count now.
     pub fn count(&self) -> u64 {
-        self.inner.lock().unwrap().pool["properties"]["count"].as_u64().unwrap()
+        self.inner.lock().unwrap().pool["properties"]["count"]
+            .as_u64()
+            .unwrap()
     }
 }
 
@@ -172,7 +184,12 @@ fn arm_error(status: u16, code: &str, retry_after: Option<u64>) -> Response {
         headers.insert("retry-after", s.to_string().parse().unwrap());
     }
     let body = json!({"error": {"code": code, "message": format!("fake ARM says {code}")}});
-    (StatusCode::from_u16(status).unwrap(), headers, axum::Json(body)).into_response()
+    (
+        StatusCode::from_u16(status).unwrap(),
+        headers,
+        axum::Json(body),
+    )
+        .into_response()
 }
 
 fn header(h: &HeaderMap, k: &str) -> Option<String> {
@@ -204,8 +221,10 @@ async fn handle(
         s.tokens_issued += 1;
         let tok = format!("tok-{}", s.tokens_issued);
         s.valid_token = Some(tok.clone());
-        return axum::Json(json!({"token_type": "Bearer", "expires_in": 3599, "access_token": tok}))
-            .into_response();
+        return axum::Json(
+            json!({"token_type": "Bearer", "expires_in": 3599, "access_token": tok}),
+        )
+        .into_response();
     }
     if path == "/metadata/identity/oauth2/token" {
         if header(&headers, "metadata").as_deref() != Some("true") {
@@ -277,13 +296,23 @@ async fn handle(
     }
     match method {
         Method::GET => {
-            if let Some(Scripted::Error { status, code, retry_after }) = s.get_script.pop_front() {
+            if let Some(Scripted::Error {
+                status,
+                code,
+                retry_after,
+            }) = s.get_script.pop_front()
+            {
                 return arm_error(status, code, retry_after);
             }
             axum::Json(s.pool.clone()).into_response()
         }
         Method::PUT => {
-            if let Some(Scripted::Error { status, code, retry_after }) = s.put_script.pop_front() {
+            if let Some(Scripted::Error {
+                status,
+                code,
+                retry_after,
+            }) = s.put_script.pop_front()
+            {
                 return arm_error(status, code, retry_after);
             }
             let Ok(req) = serde_json::from_slice::<Value>(&body) else {
@@ -302,7 +331,9 @@ async fn handle(
                     let mut h = HeaderMap::new();
                     h.insert(
                         "azure-asyncoperation",
-                        format!("{}/operations/op-1?api-version=2025-08-01", s.base).parse().unwrap(),
+                        format!("{}/operations/op-1?api-version=2025-08-01", s.base)
+                            .parse()
+                            .unwrap(),
                     );
                     h.insert("retry-after", "0".parse().unwrap());
                     (StatusCode::OK, h, axum::Json(answer)).into_response()
@@ -310,7 +341,10 @@ async fn handle(
                 Operation::Location { in_progress } => {
                     s.op_polls_left = in_progress;
                     let mut h = HeaderMap::new();
-                    h.insert("location", format!("{}/locations/op-1", s.base).parse().unwrap());
+                    h.insert(
+                        "location",
+                        format!("{}/locations/op-1", s.base).parse().unwrap(),
+                    );
                     h.insert("retry-after", "0".parse().unwrap());
                     (StatusCode::ACCEPTED, h).into_response()
                 }

@@ -103,14 +103,25 @@ fn python() -> anyhow::Result<PathBuf> {
     if p.exists() {
         Ok(p)
     } else {
-        bail!("no Python with scikit-learn: set FLEETSCORE_PYTHON or create {}", p.display())
+        bail!(
+            "no Python with scikit-learn: set FLEETSCORE_PYTHON or create {}",
+            p.display()
+        )
     }
 }
 
 fn py(python: &Path, script: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(python).arg(script).args(args).output().context("running python")?;
+    let out = Command::new(python)
+        .arg(script)
+        .args(args)
+        .output()
+        .context("running python")?;
     if !out.status.success() {
-        bail!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
@@ -120,7 +131,9 @@ fn main() -> anyhow::Result<()> {
     let (devices, tags) = if args.quick { (100, 10) } else { (1000, 10) };
     let dir = match &args.dir {
         Some(d) => d.clone(),
-        None => PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/fleetscore/bench"),
+        None => {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/fleetscore/bench")
+        }
     };
     let name = format!("fleet-{devices}x{tags}x1440");
     let work = dir.join(&name);
@@ -128,11 +141,20 @@ fn main() -> anyhow::Result<()> {
     let csv = work.join("readings.csv");
     let models = work.join("models");
     let python = python()?;
-    for (file, text) in [("predict.py", PREDICT_PY), ("fit.py", FIT_PY), ("pandas_read.py", PANDAS_PY)] {
+    for (file, text) in [
+        ("predict.py", PREDICT_PY),
+        ("fit.py", FIT_PY),
+        ("pandas_read.py", PANDAS_PY),
+    ] {
         std::fs::write(work.join(file), text)?;
     }
 
-    let spec = GenerateSpec { devices, tags, anomaly_rate: 0.001, ..GenerateSpec::default() };
+    let spec = GenerateSpec {
+        devices,
+        tags,
+        anomaly_rate: 0.001,
+        ..GenerateSpec::default()
+    };
     if !csv.exists() {
         let t = Instant::now();
         let tmp = work.join("readings.csv.tmp");
@@ -141,15 +163,30 @@ fn main() -> anyhow::Result<()> {
         w.flush()?;
         drop(w);
         std::fs::rename(&tmp, &csv)?;
-        eprintln!("generated {} in {:.1} s", csv.display(), t.elapsed().as_secs_f64());
+        eprintln!(
+            "generated {} in {:.1} s",
+            csv.display(),
+            t.elapsed().as_secs_f64()
+        );
     }
     let size = std::fs::metadata(&csv)?.len();
     let done_marker = models.join(".complete");
     if !done_marker.exists() {
         let t = Instant::now();
-        let n = py(&python, &work.join("fit.py"), &[csv.to_str().unwrap_or_default(), models.to_str().unwrap_or_default(), "200"])?;
+        let n = py(
+            &python,
+            &work.join("fit.py"),
+            &[
+                csv.to_str().unwrap_or_default(),
+                models.to_str().unwrap_or_default(),
+                "200",
+            ],
+        )?;
         std::fs::write(&done_marker, &n)?;
-        eprintln!("fitted {n} sklearn models (200 rows each, nu=0.05) in {:.1} s", t.elapsed().as_secs_f64());
+        eprintln!(
+            "fitted {n} sklearn models (200 rows each, nu=0.05) in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
     }
     let n_sensors = (devices * tags) as usize;
     println!(
@@ -162,7 +199,9 @@ fn main() -> anyhow::Result<()> {
     let buf = bytes::Bytes::from(std::fs::read(&csv)?);
 
     // 1. CSV ingest: our parser (all sensors, grouped) vs pandas.read_csv.
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(args.threads.unwrap_or(0)).build()?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads.unwrap_or(0))
+        .build()?;
     let mut best = f64::MAX;
     for _ in 0..3 {
         let t = Instant::now();
@@ -171,8 +210,17 @@ fn main() -> anyhow::Result<()> {
         assert_eq!(parsed.rows as u64, spec.rows());
     }
     let ours_mbs = size as f64 / 1e6 / best;
-    let pandas = py(&python, &work.join("pandas_read.py"), &[csv.to_str().unwrap_or_default(), "2"])?;
-    let pandas_s: f64 = pandas.split_whitespace().next().unwrap_or("0").parse().unwrap_or(0.0);
+    let pandas = py(
+        &python,
+        &work.join("pandas_read.py"),
+        &[csv.to_str().unwrap_or_default(), "2"],
+    )?;
+    let pandas_s: f64 = pandas
+        .split_whitespace()
+        .next()
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0.0);
     let pandas_mbs = size as f64 / 1e6 / pandas_s.max(1e-9);
     println!(
         "csv ingest: fleetscore {ours_mbs:.0} MB/s ({best:.3} s, {} threads, parse + group per sensor) | pandas.read_csv {pandas_mbs:.0} MB/s ({pandas_s:.3} s) | ratio {:.2}x",
@@ -186,7 +234,9 @@ fn main() -> anyhow::Result<()> {
 
     // 2. fleetscore end to end: one CSV → 10k predictions + logs.
     let out = work.join("out");
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let fleet = FleetSpec {
         models: models.to_string_lossy().into_owned(),
         data: csv.to_string_lossy().into_owned(),
@@ -241,24 +291,42 @@ fn main() -> anyhow::Result<()> {
         let theirs_file = std::fs::read_dir(&ref_out)?
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("preds_{d}_{tg}_"))))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("preds_{d}_{tg}_")))
+            })
             .max()
             .context("reference output missing")?;
         let theirs = std::fs::read_to_string(theirs_file)?;
         let col = |text: &str, i: usize| -> Vec<String> {
-            text.lines().skip(1).map(|l| l.split(',').nth(i).unwrap_or("").to_string()).collect()
+            text.lines()
+                .skip(1)
+                .map(|l| l.split(',').nth(i).unwrap_or("").to_string())
+                .collect()
         };
-        let agree = col(&ours, 4).iter().zip(col(&theirs, 4)).filter(|(a, b)| *a == b).count();
+        let agree = col(&ours, 4)
+            .iter()
+            .zip(col(&theirs, 4))
+            .filter(|(a, b)| *a == b)
+            .count();
         if agree != col(&ours, 4).len() || col(&theirs, 4).len() != col(&ours, 4).len() {
             differing += 1;
-            println!("  warning: sensor {d}:{tg}: predictions agree on {agree} of {} rows", col(&ours, 4).len());
+            println!(
+                "  warning: sensor {d}:{tg}: predictions agree on {agree} of {} rows",
+                col(&ours, 4).len()
+            );
         }
     }
     let per_sensor = times.iter().sum::<f64>() / times.len() as f64;
     let ref_total = per_sensor * n_sensors as f64;
     println!(
         "reference (predict.py, one process per sensor): {per_sensor:.2} s/sensor over {sample} sampled sensors ({}), × {n_sensors} = {ref_total:.0} s",
-        if differing == 0 { "predictions identical".to_string() } else { format!("{differing} sensors differ") }
+        if differing == 0 {
+            "predictions identical".to_string()
+        } else {
+            format!("{differing} sensors differ")
+        }
     );
     println!("speed-up: {:.0}x (goal ≥ 1000x)", ref_total / ours_s);
     Ok(())

@@ -41,11 +41,17 @@ fn python(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 
 fn read_f64(path: &Path) -> anyhow::Result<Vec<f64>> {
     let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(b.chunks_exact(8).map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect())
+    Ok(b.chunks_exact(8)
+        .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect())
 }
 
 /// Best rows/s over repeated runs lasting at least `min` in total.
-fn rows_per_second(rows: usize, min: Duration, mut run: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+fn rows_per_second(
+    rows: usize,
+    min: Duration,
+    mut run: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
     let mut best = f64::INFINITY;
     let start = Instant::now();
     let mut n = 0;
@@ -86,20 +92,37 @@ fn run_cases(dir: &Path, min: Duration) -> anyhow::Result<()> {
     let pool2 = rayon::ThreadPoolBuilder::new().num_threads(2).build()?;
     println!(
         "{:>2} {:>5} {:>7} {:>13} {:>13} {:>6} {:>13} {:>6} {:>9}",
-        "d", "n_sv", "rows", "sklearn r/s", "ours 1c r/s", "ratio", "ours 2c r/s", "ratio", "max|diff|"
+        "d",
+        "n_sv",
+        "rows",
+        "sklearn r/s",
+        "ours 1c r/s",
+        "ratio",
+        "ours 2c r/s",
+        "ratio",
+        "max|diff|"
     );
     let (mut worst1, mut worst2) = (f64::INFINITY, f64::INFINITY);
-    for case in bench["cases"].as_array().context("bench.json has no cases")? {
+    for case in bench["cases"]
+        .as_array()
+        .context("bench.json has no cases")?
+    {
         let name = case["name"].as_str().context("case without name")?;
         let d = case["d"].as_u64().context("case without d")? as usize;
-        let sk_seconds = case["sklearn_seconds"].as_f64().context("case without timing")?;
+        let sk_seconds = case["sklearn_seconds"]
+            .as_f64()
+            .context("case without timing")?;
         let model = Model::from_bytes(&std::fs::read(dir.join(format!("{name}.pkl")))?)?;
         let flat = read_f64(&dir.join(format!("{name}.rows.f64")))?;
         let rows = Array2::from_shape_vec((flat.len() / d, d), flat)?;
         let want = read_f64(&dir.join(format!("{name}.dec.f64")))?;
         let n = rows.nrows();
         let got = model.decision_function(rows.view())?;
-        let max_diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        let max_diff = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
         let one = rows_per_second(n, min, || {
             model.decision_function(rows.view())?;
             Ok(())

@@ -77,13 +77,21 @@ impl Aggregation {
         if features.is_empty() {
             return Err(DataError::Aggregation("no features given".into()));
         }
-        Ok(Self { interval_ms, features })
+        Ok(Self {
+            interval_ms,
+            features,
+        })
     }
 
     /// The interval as text (`5m`), as `--aggregate` takes it.
     pub fn interval_text(&self) -> String {
         let ms = self.interval_ms;
-        for (unit, len) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+        for (unit, len) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1000),
+        ] {
             if ms % len == 0 {
                 return format!("{}{unit}", ms / len);
             }
@@ -93,7 +101,11 @@ impl Aggregation {
 
     /// The features as text (`mean,max`), as `--features` takes it.
     pub fn features_text(&self) -> String {
-        self.features.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+        self.features
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -102,7 +114,9 @@ pub fn parse_interval_ms(s: &str) -> Result<i64, DataError> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
-    let n: i64 = n.parse().map_err(|_| DataError::Aggregation(format!("bad interval {s:?}")))?;
+    let n: i64 = n
+        .parse()
+        .map_err(|_| DataError::Aggregation(format!("bad interval {s:?}")))?;
     let unit_ms = match unit {
         "ms" => 1,
         "s" => 1000,
@@ -116,7 +130,9 @@ pub fn parse_interval_ms(s: &str) -> Result<i64, DataError> {
         }
     };
     if n <= 0 {
-        return Err(DataError::Aggregation(format!("interval {s:?} must be positive")));
+        return Err(DataError::Aggregation(format!(
+            "interval {s:?} must be positive"
+        )));
     }
     Ok(n * unit_ms)
 }
@@ -133,8 +149,11 @@ pub struct Windows {
 /// Aggregates readings (any order) into windows, ascending by start time.
 pub fn aggregate(agg: &Aggregation, time_ms: &[i64], values: &[f64]) -> Windows {
     let step = agg.interval_ms.max(1);
-    let mut pairs: Vec<(i64, f64)> =
-        time_ms.iter().zip(values).map(|(&t, &v)| (t.div_euclid(step) * step, v)).collect();
+    let mut pairs: Vec<(i64, f64)> = time_ms
+        .iter()
+        .zip(values)
+        .map(|(&t, &v)| (t.div_euclid(step) * step, v))
+        .collect();
     if !pairs.is_sorted_by_key(|p| p.0) {
         pairs.sort_by_key(|p| p.0);
     }
@@ -181,10 +200,16 @@ mod tests {
     fn intervals_and_features_parse_and_print_back() {
         let a = Aggregation::parse("5m", "mean, std,count").unwrap();
         assert_eq!(a.interval_ms, 300_000);
-        assert_eq!(a.features, vec![Feature::Mean, Feature::Std, Feature::Count]);
+        assert_eq!(
+            a.features,
+            vec![Feature::Mean, Feature::Std, Feature::Count]
+        );
         assert_eq!(a.interval_text(), "5m");
         assert_eq!(a.features_text(), "mean,std,count");
-        assert_eq!(Aggregation::parse("1h", "max").unwrap().interval_text(), "1h");
+        assert_eq!(
+            Aggregation::parse("1h", "max").unwrap().interval_text(),
+            "1h"
+        );
         assert!(Aggregation::parse("5x", "mean").is_err());
         assert!(Aggregation::parse("0m", "mean").is_err());
         assert!(Aggregation::parse("1m", "median").is_err());

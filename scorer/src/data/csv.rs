@@ -131,21 +131,31 @@ struct ChunkOut<'b> {
 pub fn parse(file: &str, buf: &Bytes, opts: &CsvOptions<'_>) -> Result<Parsed, DataError> {
     let data: &[u8] = buf;
     let body_start = usize::from(data.starts_with(b"\xEF\xBB\xBF")) * 3;
-    let header_end = memchr::memchr(b'\n', &data[body_start..]).map_or(data.len(), |i| body_start + i);
+    let header_end =
+        memchr::memchr(b'\n', &data[body_start..]).map_or(data.len(), |i| body_start + i);
     if header_end == body_start && data.len() <= body_start {
-        return Err(DataError::Header { file: file.to_string(), reason: "the file is empty".into() });
+        return Err(DataError::Header {
+            file: file.to_string(),
+            reason: "the file is empty".into(),
+        });
     }
     let layout = read_header(file, &data[body_start..header_end])?;
     let start = (header_end + 1).min(data.len());
 
     let chunks = split_chunks(data, start);
-    let outs: Vec<ChunkOut<'_>> =
-        chunks.par_iter().map(|&(s, e)| parse_chunk(data, s, e, layout, opts)).collect();
+    let outs: Vec<ChunkOut<'_>> = chunks
+        .par_iter()
+        .map(|&(s, e)| parse_chunk(data, s, e, layout, opts))
+        .collect();
 
     if opts.strict {
         let first = outs
             .iter()
-            .flat_map(|o| o.first_problem.iter().chain(o.series_problem.iter().flatten()))
+            .flat_map(|o| {
+                o.first_problem
+                    .iter()
+                    .chain(o.series_problem.iter().flatten())
+            })
             .min_by_key(|p| p.offset);
         if let Some(p) = first {
             return Err(row_error(file, data, p.clone()));
@@ -160,7 +170,12 @@ pub(super) fn line_of(data: &[u8], offset: usize) -> usize {
 }
 
 fn row_error(file: &str, data: &[u8], p: RowProblem) -> DataError {
-    DataError::Row { file: file.to_string(), line: line_of(data, p.offset), field: p.field, reason: p.reason }
+    DataError::Row {
+        file: file.to_string(),
+        line: line_of(data, p.offset),
+        field: p.field,
+        reason: p.reason,
+    }
 }
 
 pub(super) fn read_header(file: &str, line: &[u8]) -> Result<Layout, DataError> {
@@ -169,13 +184,21 @@ pub(super) fn read_header(file: &str, line: &[u8]) -> Result<Layout, DataError> 
         file: file.to_string(),
         reason: "the header is not UTF-8".into(),
     })?;
-    let names: Vec<String> =
-        text.split(',').map(|n| n.trim().trim_matches('"').to_ascii_lowercase()).collect();
+    let names: Vec<String> = text
+        .split(',')
+        .map(|n| n.trim().trim_matches('"').to_ascii_lowercase())
+        .collect();
     let find = |col: &str| {
-        names.iter().position(|n| n == &col.to_ascii_lowercase()).ok_or_else(|| DataError::Header {
-            file: file.to_string(),
-            reason: format!("missing column {col} (expected {}; found {text:?})", COLUMNS.join(",")),
-        })
+        names
+            .iter()
+            .position(|n| n == &col.to_ascii_lowercase())
+            .ok_or_else(|| DataError::Header {
+                file: file.to_string(),
+                reason: format!(
+                    "missing column {col} (expected {}; found {text:?})",
+                    COLUMNS.join(",")
+                ),
+            })
     };
     Ok(Layout {
         ts: find("TS")?,
@@ -249,11 +272,14 @@ fn parse_chunk<'b>(
         }
         if fields.len() != layout.fields {
             out.bad_rows += 1;
-            note(&mut out, RowProblem {
-                offset: ls,
-                field: "row",
-                reason: format!("expected {} fields, found {}", layout.fields, fields.len()),
-            });
+            note(
+                &mut out,
+                RowProblem {
+                    offset: ls,
+                    field: "row",
+                    reason: format!("expected {} fields, found {}", layout.fields, fields.len()),
+                },
+            );
             continue;
         }
         let (ds, de) = fields[layout.device];
@@ -263,11 +289,22 @@ fn parse_chunk<'b>(
         if device.is_empty() || tag.is_empty() {
             out.bad_rows += 1;
             let field = if device.is_empty() { "Device" } else { "Tag" };
-            note(&mut out, RowProblem { offset: ls, field, reason: "empty".into() });
+            note(
+                &mut out,
+                RowProblem {
+                    offset: ls,
+                    field,
+                    reason: "empty".into(),
+                },
+            );
             continue;
         }
         let k = key(device, tag);
-        let next = if out.last + 1 < out.order.len() { out.last + 1 } else { 0 };
+        let next = if out.last + 1 < out.order.len() {
+            out.last + 1
+        } else {
+            0
+        };
         let pos = if out.order.get(next).is_some_and(|e| e.0 == k) {
             next
         } else if let Some(&pos) = out.index.get(&k) {
@@ -286,7 +323,14 @@ fn parse_chunk<'b>(
                 }
                 _ => {
                     out.bad_rows += 1;
-                    note(&mut out, RowProblem { offset: ls, field: "Device", reason: "not UTF-8".into() });
+                    note(
+                        &mut out,
+                        RowProblem {
+                            offset: ls,
+                            field: "Device",
+                            reason: "not UTF-8".into(),
+                        },
+                    );
                     continue;
                 }
             };
@@ -310,13 +354,29 @@ fn parse_chunk<'b>(
                 } else {
                     format!("not a number: {:?}", String::from_utf8_lossy(vbytes))
                 };
-                note_series(&mut out, slot, RowProblem { offset: ls, field: "Value", reason });
+                note_series(
+                    &mut out,
+                    slot,
+                    RowProblem {
+                        offset: ls,
+                        field: "Value",
+                        reason,
+                    },
+                );
                 continue;
             }
         };
         if ts_bytes.is_empty() {
             out.series[slot].1.skipped_rows += 1;
-            note_series(&mut out, slot, RowProblem { offset: ls, field: "TS", reason: "missing timestamp".into() });
+            note_series(
+                &mut out,
+                slot,
+                RowProblem {
+                    offset: ls,
+                    field: "TS",
+                    reason: "missing timestamp".into(),
+                },
+            );
             continue;
         }
         if opts.parse_time {
@@ -324,15 +384,28 @@ fn parse_chunk<'b>(
                 Some(ms) => out.series[slot].1.time_ms.push(ms),
                 None => {
                     out.series[slot].1.skipped_rows += 1;
-                    let reason = format!("not a timestamp: {:?}", String::from_utf8_lossy(ts_bytes));
-                    note_series(&mut out, slot, RowProblem { offset: ls, field: "TS", reason });
+                    let reason =
+                        format!("not a timestamp: {:?}", String::from_utf8_lossy(ts_bytes));
+                    note_series(
+                        &mut out,
+                        slot,
+                        RowProblem {
+                            offset: ls,
+                            field: "TS",
+                            reason,
+                        },
+                    );
                     continue;
                 }
             }
         }
         let series = &mut out.series[slot].1;
         let ts_off = ts_bytes.as_ptr() as usize - data.as_ptr() as usize;
-        series.ts.push(TsRef { src: 0, len: ts_bytes.len() as u32, start: ts_off as u64 });
+        series.ts.push(TsRef {
+            src: 0,
+            len: ts_bytes.len() as u32,
+            start: ts_off as u64,
+        });
         series.values.push(value);
     }
     out
@@ -346,7 +419,11 @@ fn note_series(out: &mut ChunkOut<'_>, slot: usize, p: RowProblem) {
 
 /// A quoted field's text with each doubled quote made single (`a""b` is `a"b`).
 pub(super) fn unescape_quotes(field: &str) -> std::borrow::Cow<'_, str> {
-    if field.contains("\"\"") { field.replace("\"\"", "\"").into() } else { field.into() }
+    if field.contains("\"\"") {
+        field.replace("\"\"", "\"").into()
+    } else {
+        field.into()
+    }
 }
 
 /// A Device or Tag field as text (invalid UTF-8 replaced, doubled quotes made single).
@@ -415,8 +492,9 @@ pub fn parse_value(b: &[u8]) -> Option<f64> {
 }
 
 fn fast_decimal(b: &[u8]) -> Option<f64> {
-    const POW10: [f64; 16] =
-        [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15];
+    const POW10: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    ];
     let (neg, digits) = match b.first()? {
         b'-' => (true, &b[1..]),
         b'+' => (false, &b[1..]),
@@ -543,7 +621,12 @@ impl LineCounter {
         };
         self.offset = p.offset;
         self.line = line;
-        DataError::Row { file: file.to_string(), line, field: p.field, reason: p.reason }
+        DataError::Row {
+            file: file.to_string(),
+            line,
+            field: p.field,
+            reason: p.reason,
+        }
     }
 }
 
@@ -553,7 +636,15 @@ mod tests {
 
     fn parse_str(text: &str, strict: bool) -> Result<Parsed, DataError> {
         let buf = Bytes::from(text.to_string());
-        parse("test.csv", &buf, &CsvOptions { strict, parse_time: true, select: None })
+        parse(
+            "test.csv",
+            &buf,
+            &CsvOptions {
+                strict,
+                parse_time: true,
+                select: None,
+            },
+        )
     }
 
     #[test]
@@ -599,10 +690,14 @@ mod tests {
 
     #[test]
     fn missing_and_non_numeric_values_are_counted_and_skipped() {
-        let p = parse_str("TS,Device,Tag,Value\nt1,1,4,\nt2,1,4,abc\nt3,1,4,NaN\nt4,1,4,5\n", false);
+        let p = parse_str(
+            "TS,Device,Tag,Value\nt1,1,4,\nt2,1,4,abc\nt3,1,4,NaN\nt4,1,4,5\n",
+            false,
+        );
         // Timestamps "t1".. are not parseable, but only parse_time makes that matter: use a second read.
         assert!(p.is_ok());
-        let buf = Bytes::from_static(b"TS,Device,Tag,Value\nt1,1,4,\nt2,1,4,abc\nt3,1,4,NaN\nt4,1,4,5\n");
+        let buf =
+            Bytes::from_static(b"TS,Device,Tag,Value\nt1,1,4,\nt2,1,4,abc\nt3,1,4,NaN\nt4,1,4,5\n");
         let p = parse("x.csv", &buf, &CsvOptions::default()).unwrap();
         let s = &p.sensors[&SensorId::new("1", "4")];
         assert_eq!(s.values, vec![5.0]);
@@ -612,7 +707,10 @@ mod tests {
     #[test]
     fn strict_mode_names_the_file_line_and_field_of_the_first_bad_value() {
         let buf = Bytes::from_static(b"TS,Device,Tag,Value\nt1,1,4,1\nt2,1,4,abc\nt3,1,4,\n");
-        let opts = CsvOptions { strict: true, ..CsvOptions::default() };
+        let opts = CsvOptions {
+            strict: true,
+            ..CsvOptions::default()
+        };
         let err = parse("data/x.csv", &buf, &opts).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("data/x.csv:3"), "{msg}");
@@ -625,15 +723,23 @@ mod tests {
         let buf = Bytes::from_static(b"TS,Device,Tag,Value\nt1,1,4\nt2,1,4,2\n");
         let p = parse("x.csv", &buf, &CsvOptions::default()).unwrap();
         assert_eq!(p.bad_rows, 1);
-        let opts = CsvOptions { strict: true, ..CsvOptions::default() };
+        let opts = CsvOptions {
+            strict: true,
+            ..CsvOptions::default()
+        };
         let msg = parse("x.csv", &buf, &opts).unwrap_err().to_string();
-        assert!(msg.contains("x.csv:2") && msg.contains("expected 4 fields"), "{msg}");
+        assert!(
+            msg.contains("x.csv:2") && msg.contains("expected 4 fields"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn a_wrong_header_names_the_file_and_the_missing_column() {
         let buf = Bytes::from_static(b"time,device,tag,val\n1,1,4,1\n");
-        let msg = parse("in.csv", &buf, &CsvOptions::default()).unwrap_err().to_string();
+        let msg = parse("in.csv", &buf, &CsvOptions::default())
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("in.csv") && msg.contains("TS"), "{msg}");
         let empty = parse("e.csv", &Bytes::new(), &CsvOptions::default()).unwrap_err();
         assert!(empty.to_string().contains("e.csv"));
@@ -645,7 +751,10 @@ mod tests {
         let p = parse("x.csv", &buf, &CsvOptions::default()).unwrap();
         assert_eq!(p.sensors[&SensorId::new("1", "23")].values, vec![1.0, 3.0]);
         assert_eq!(p.sensors[&SensorId::new("12", "3")].values, vec![2.0]);
-        assert_eq!(p.sensors[&SensorId::new("123456789012345", "6")].values, vec![4.0]);
+        assert_eq!(
+            p.sensors[&SensorId::new("123456789012345", "6")].values,
+            vec![4.0]
+        );
         assert_eq!(p.bad_rows, 1);
     }
 
@@ -653,14 +762,31 @@ mod tests {
     fn a_selection_keeps_only_the_chosen_sensors() {
         let buf = Bytes::from_static(b"TS,Device,Tag,Value\nt,1,4,1\nt,1,5,2\nt,2,4,3\n");
         let sel: HashSet<SensorId> = [SensorId::new("1", "5")].into_iter().collect();
-        let p = parse("x.csv", &buf, &CsvOptions { select: Some(&sel), ..CsvOptions::default() }).unwrap();
+        let p = parse(
+            "x.csv",
+            &buf,
+            &CsvOptions {
+                select: Some(&sel),
+                ..CsvOptions::default()
+            },
+        )
+        .unwrap();
         assert_eq!(p.sensors.len(), 1);
         assert_eq!(p.sensors[&SensorId::new("1", "5")].values, vec![2.0]);
     }
 
     #[test]
     fn the_fast_float_path_agrees_with_the_standard_library() {
-        for s in ["84.53", "-0.1", "0", "123456789.012345", "1e5", "0.30000000000000004", ".5", "5."] {
+        for s in [
+            "84.53",
+            "-0.1",
+            "0",
+            "123456789.012345",
+            "1e5",
+            "0.30000000000000004",
+            ".5",
+            "5.",
+        ] {
             let ours = parse_value(s.as_bytes()).unwrap();
             let std: f64 = s.parse().unwrap();
             assert_eq!(ours.to_bits(), std.to_bits(), "{s}");
@@ -674,7 +800,13 @@ mod tests {
     fn many_chunks_give_the_same_result_as_one() {
         let mut text = String::from("TS,Device,Tag,Value\n");
         for i in 0..200_000 {
-            text.push_str(&format!("2018-08-28 23:00:{:02}.000,{},{},{}.25\n", i % 60, i % 7, i % 3, i));
+            text.push_str(&format!(
+                "2018-08-28 23:00:{:02}.000,{},{},{}.25\n",
+                i % 60,
+                i % 7,
+                i % 3,
+                i
+            ));
         }
         let p = parse_str(&text, true).unwrap();
         assert_eq!(p.rows, 200_000);

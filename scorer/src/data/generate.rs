@@ -46,7 +46,11 @@ impl Default for GenerateSpec {
 impl GenerateSpec {
     /// Number of time steps.
     pub fn steps(&self) -> i64 {
-        if self.interval_ms <= 0 { 0 } else { (self.duration_ms + self.interval_ms - 1) / self.interval_ms }
+        if self.interval_ms <= 0 {
+            0
+        } else {
+            (self.duration_ms + self.interval_ms - 1) / self.interval_ms
+        }
     }
 
     /// Number of data rows.
@@ -125,9 +129,18 @@ fn itoa_u64(mut n: u64) -> Vec<u8> {
 pub fn generate(spec: &GenerateSpec, out: &mut impl Write) -> std::io::Result<u64> {
     out.write_all(b"TS,Device,Tag,Value\n")?;
     let n_sensors = u64::from(spec.devices) * u64::from(spec.tags);
-    let params: Vec<_> = (0..n_sensors).map(|s| sensor_params(spec.seed, s)).collect();
+    let params: Vec<_> = (0..n_sensors)
+        .map(|s| sensor_params(spec.seed, s))
+        .collect();
     let labels: Vec<Vec<u8>> = (0..n_sensors)
-        .map(|s| format!(",{},{},", s / u64::from(spec.tags) + 1, s % u64::from(spec.tags) + 1).into_bytes())
+        .map(|s| {
+            format!(
+                ",{},{},",
+                s / u64::from(spec.tags) + 1,
+                s % u64::from(spec.tags) + 1
+            )
+            .into_bytes()
+        })
         .collect();
     let steps = spec.steps();
     let block = 16i64;
@@ -170,7 +183,13 @@ mod tests {
 
     #[test]
     fn the_same_seed_gives_the_same_bytes_and_the_reader_reads_them_back() {
-        let spec = GenerateSpec { devices: 3, tags: 2, duration_ms: 3_600_000, anomaly_rate: 0.05, ..GenerateSpec::default() };
+        let spec = GenerateSpec {
+            devices: 3,
+            tags: 2,
+            duration_ms: 3_600_000,
+            anomaly_rate: 0.05,
+            ..GenerateSpec::default()
+        };
         let mut a = Vec::new();
         let mut b = Vec::new();
         let n = generate(&spec, &mut a).unwrap();
@@ -178,7 +197,15 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(n as usize, a.len());
         assert!(a.starts_with(b"TS,Device,Tag,Value\n2018-08-28 23:00:00.000,1,1,"));
-        let parsed = parse("gen.csv", &bytes::Bytes::from(a), &CsvOptions { strict: true, ..CsvOptions::default() }).unwrap();
+        let parsed = parse(
+            "gen.csv",
+            &bytes::Bytes::from(a),
+            &CsvOptions {
+                strict: true,
+                ..CsvOptions::default()
+            },
+        )
+        .unwrap();
         assert_eq!(parsed.sensors.len(), 6);
         assert_eq!(parsed.rows as u64, spec.rows());
         assert_eq!(spec.rows(), 360);
@@ -191,6 +218,9 @@ mod tests {
             push_2dp(&mut out, v);
             out.push(b' ');
         }
-        assert_eq!(String::from_utf8(out).unwrap(), "84.53 0.00 -1.50 0.00 1235.00 ");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "84.53 0.00 -1.50 0.00 1235.00 "
+        );
     }
 }

@@ -36,7 +36,11 @@ pub struct Partitioned {
 
 /// The relative path of a sensor's part file.
 pub fn part_path(sensor: &SensorId) -> String {
-    format!("device={}/tag={}/part-0.csv", path_segment(&sensor.device), path_segment(&sensor.tag))
+    format!(
+        "device={}/tag={}/part-0.csv",
+        path_segment(&sensor.device),
+        path_segment(&sensor.tag)
+    )
 }
 
 /// Parses `device=<D>/tag=<T>/<file>.csv` back into the sensor.
@@ -48,15 +52,22 @@ pub fn sensor_of_part(rel: &str) -> Option<SensorId> {
     if it.next().is_some() || !file.ends_with(".csv") || device.is_empty() || tag.is_empty() {
         return None;
     }
-    Some(SensorId::new(decode_path_segment(device), decode_path_segment(tag)))
+    Some(SensorId::new(
+        decode_path_segment(device),
+        decode_path_segment(tag),
+    ))
 }
 
 /// Splits `buf` (named `file` in errors) into one part per sensor.
 pub fn partition(file: &str, buf: &[u8]) -> Result<Partitioned, DataError> {
     let body_start = usize::from(buf.starts_with(b"\xEF\xBB\xBF")) * 3;
-    let header_end = memchr::memchr(b'\n', &buf[body_start..]).map_or(buf.len(), |i| body_start + i);
+    let header_end =
+        memchr::memchr(b'\n', &buf[body_start..]).map_or(buf.len(), |i| body_start + i);
     if buf.len() <= body_start {
-        return Err(DataError::Header { file: file.to_string(), reason: "the file is empty".into() });
+        return Err(DataError::Header {
+            file: file.to_string(),
+            reason: "the file is empty".into(),
+        });
     }
     let header = &buf[body_start..header_end];
     let layout = read_header(file, header)?;
@@ -75,7 +86,11 @@ pub fn partition(file: &str, buf: &[u8]) -> Result<Partitioned, DataError> {
             let mut ls = s;
             while ls < e {
                 let nl = memchr::memchr(b'\n', &buf[ls..e]).map_or(e, |i| ls + i);
-                let le = if nl > ls && buf[nl - 1] == b'\r' { nl - 1 } else { nl };
+                let le = if nl > ls && buf[nl - 1] == b'\r' {
+                    nl - 1
+                } else {
+                    nl
+                };
                 let line_start = ls;
                 ls = nl + 1;
                 if le == line_start {
@@ -123,7 +138,12 @@ pub fn partition(file: &str, buf: &[u8]) -> Result<Partitioned, DataError> {
                 out.extend_from_slice(&buf[s..e]);
                 out.push(b'\n');
             }
-            Part { path: part_path(&sensor), sensor, content: Bytes::from(out), rows: lines.len() }
+            Part {
+                path: part_path(&sensor),
+                sensor,
+                content: Bytes::from(out),
+                rows: lines.len(),
+            }
         })
         .collect();
     Ok(result)
@@ -140,10 +160,16 @@ mod tests {
         assert_eq!(p.bad_rows, 1);
         assert_eq!(p.parts.len(), 2);
         assert_eq!(p.parts[0].path, "device=1/tag=4/part-0.csv");
-        assert_eq!(&p.parts[0].content[..], b"TS,Device,Tag,Value\nt1,1,4,1.0\nt2,1,4,\n");
+        assert_eq!(
+            &p.parts[0].content[..],
+            b"TS,Device,Tag,Value\nt1,1,4,1.0\nt2,1,4,\n"
+        );
         assert_eq!(p.parts[0].rows, 2);
         assert_eq!(p.parts[1].sensor, SensorId::new("2", "4"));
-        assert_eq!(sensor_of_part(&p.parts[1].path), Some(SensorId::new("2", "4")));
+        assert_eq!(
+            sensor_of_part(&p.parts[1].path),
+            Some(SensorId::new("2", "4"))
+        );
         assert_eq!(sensor_of_part("device=1/x.csv"), None);
     }
 

@@ -8,7 +8,12 @@ pub fn parse_timestamp_ms(b: &[u8]) -> Option<i64> {
         }
         Some(s.iter().fold(0i64, |a, &c| a * 10 + i64::from(c - b'0')))
     };
-    if b.len() < 16 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b' ' || b[10] == b'T') || b[13] != b':' {
+    if b.len() < 16
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !(b[10] == b' ' || b[10] == b'T')
+        || b[13] != b':'
+    {
         return None;
     }
     let year = num(&b[0..4])?;
@@ -54,7 +59,12 @@ pub fn parse_timestamp_ms(b: &[u8]) -> Option<i64> {
         }
         _ => return None,
     }
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return None;
     }
     let days = days_from_civil(year, month, day);
@@ -112,20 +122,34 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a, c);
         assert_eq!(a, 1_535_497_205_000);
-        assert_eq!(parse_timestamp_ms(b"2018-08-28 23:00:05.25").unwrap() - a, 250);
+        assert_eq!(
+            parse_timestamp_ms(b"2018-08-28 23:00:05.25").unwrap() - a,
+            250
+        );
         assert_eq!(parse_timestamp_ms(b"2018-08-28 23:00").unwrap(), a - 5000);
     }
 
     #[test]
     fn malformed_timestamps_are_rejected() {
-        for bad in ["", "2018-08-28", "28/08/2018 23:00:05", "2018-13-01 00:00:00", "2018-08-28 23:00:05x"] {
+        for bad in [
+            "",
+            "2018-08-28",
+            "28/08/2018 23:00:05",
+            "2018-13-01 00:00:00",
+            "2018-08-28 23:00:05x",
+        ] {
             assert_eq!(parse_timestamp_ms(bad.as_bytes()), None, "{bad}");
         }
     }
 
     #[test]
     fn formatting_inverts_parsing() {
-        for t in ["1970-01-01 00:00:00.000", "2018-08-28 23:00:05.123", "2000-02-29 12:34:56.789", "1969-12-31 23:59:59.999"] {
+        for t in [
+            "1970-01-01 00:00:00.000",
+            "2018-08-28 23:00:05.123",
+            "2000-02-29 12:34:56.789",
+            "1969-12-31 23:59:59.999",
+        ] {
             assert_eq!(format_ms(parse_timestamp_ms(t.as_bytes()).unwrap()), t);
         }
     }

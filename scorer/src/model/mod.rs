@@ -161,9 +161,16 @@ pub enum SourceFormat {
 impl std::fmt::Display for SourceFormat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SourceFormat::SklearnPickle { protocol: Some(p) } => write!(f, "sklearn-pickle protocol {p}"),
-            SourceFormat::SklearnPickle { protocol: None } => write!(f, "sklearn-pickle protocol 0-1"),
-            SourceFormat::Joblib { protocol, compression } => {
+            SourceFormat::SklearnPickle { protocol: Some(p) } => {
+                write!(f, "sklearn-pickle protocol {p}")
+            }
+            SourceFormat::SklearnPickle { protocol: None } => {
+                write!(f, "sklearn-pickle protocol 0-1")
+            }
+            SourceFormat::Joblib {
+                protocol,
+                compression,
+            } => {
                 write!(f, "joblib")?;
                 if let Some(c) = compression {
                     write!(f, " {c}")?;
@@ -239,7 +246,11 @@ pub struct Model {
 
 impl Model {
     /// Builds a model after checking shapes and that every number is finite.
-    pub fn new(scaler: Option<Scaler>, svm: OneClassSvm, meta: ModelMeta) -> Result<Model, ModelError> {
+    pub fn new(
+        scaler: Option<Scaler>,
+        svm: OneClassSvm,
+        meta: ModelMeta,
+    ) -> Result<Model, ModelError> {
         let (n_sv, d) = svm.support_vectors.dim();
         let invalid = |field: &'static str, reason: String| ModelError::Invalid { field, reason };
         if d == 0 {
@@ -248,22 +259,35 @@ impl Model {
         if svm.dual_coef.len() != n_sv {
             return Err(invalid(
                 "dual_coef",
-                format!("has {} coefficients for {n_sv} support vectors", svm.dual_coef.len()),
+                format!(
+                    "has {} coefficients for {n_sv} support vectors",
+                    svm.dual_coef.len()
+                ),
             ));
         }
         if let Some(i) = svm.support_vectors.iter().position(|v| !v.is_finite()) {
-            return Err(invalid("support_vectors", format!("element {i} is not finite")));
+            return Err(invalid(
+                "support_vectors",
+                format!("element {i} is not finite"),
+            ));
         }
         if let Some(i) = svm.dual_coef.iter().position(|v| !v.is_finite()) {
             return Err(invalid("dual_coef", format!("element {i} is not finite")));
         }
-        for (field, v) in [("intercept", svm.intercept), ("gamma", svm.gamma), ("coef0", svm.coef0)] {
+        for (field, v) in [
+            ("intercept", svm.intercept),
+            ("gamma", svm.gamma),
+            ("coef0", svm.coef0),
+        ] {
             if !v.is_finite() {
                 return Err(invalid(field, format!("{v} is not finite")));
             }
         }
         if svm.kernel == KernelKind::Rbf && svm.gamma < 0.0 {
-            return Err(invalid("gamma", format!("{} is negative for an rbf kernel", svm.gamma)));
+            return Err(invalid(
+                "gamma",
+                format!("{} is negative for an rbf kernel", svm.gamma),
+            ));
         }
         if let Some(nu) = svm.nu.filter(|nu| !nu.is_finite()) {
             return Err(invalid("nu", format!("{nu} is not finite")));
@@ -272,7 +296,10 @@ impl Model {
             for (field, v) in [("scaler.mean", &s.mean), ("scaler.scale", &s.scale)] {
                 if let Some(v) = v {
                     if v.len() != d {
-                        return Err(invalid(field, format!("has {} values for {d} features", v.len())));
+                        return Err(invalid(
+                            field,
+                            format!("has {} values for {d} features", v.len()),
+                        ));
                     }
                     if let Some(i) = v.iter().position(|x| !x.is_finite()) {
                         return Err(invalid(field, format!("element {i} is not finite")));
@@ -284,7 +311,12 @@ impl Model {
             }
         }
         let kernel = ScoringKernel::new(scaler.as_ref(), &svm);
-        Ok(Model { scaler, svm, meta, kernel })
+        Ok(Model {
+            scaler,
+            svm,
+            meta,
+            kernel,
+        })
     }
 
     /// Reads a model, detecting the format: native JSON, sklearn pickle or joblib file.
@@ -326,12 +358,16 @@ impl Model {
     pub fn decision_function(&self, x: ArrayView2<f64>) -> Result<Array1<f64>, ModelError> {
         self.check_features(x.ncols())?;
         let mut out = Array1::zeros(x.nrows());
-        self.kernel.decide_into(x, out.as_slice_mut().unwrap_or(&mut []));
+        self.kernel
+            .decide_into(x, out.as_slice_mut().unwrap_or(&mut []));
         Ok(out)
     }
 
     /// Like [`Model::decision_function`] but splits rows across rayon's current thread pool.
-    pub fn decision_function_parallel(&self, x: ArrayView2<f64>) -> Result<Array1<f64>, ModelError> {
+    pub fn decision_function_parallel(
+        &self,
+        x: ArrayView2<f64>,
+    ) -> Result<Array1<f64>, ModelError> {
         self.check_features(x.ncols())?;
         let mut out = vec![0.0; x.nrows()];
         self.kernel.decide_into_parallel(x, &mut out);
@@ -342,10 +378,16 @@ impl Model {
     pub fn decision_into(&self, flat: &[f64], out: &mut [f64]) -> Result<(), ModelError> {
         let d = self.n_features();
         if !flat.len().is_multiple_of(d) || flat.len() / d != out.len() {
-            return Err(ModelError::FeatureMismatch { expected: d, found: flat.len() / out.len().max(1) });
+            return Err(ModelError::FeatureMismatch {
+                expected: d,
+                found: flat.len() / out.len().max(1),
+            });
         }
-        let view = ArrayView2::from_shape((out.len(), d), flat)
-            .map_err(|e| ModelError::Invalid { field: "input", reason: e.to_string() })?;
+        let view =
+            ArrayView2::from_shape((out.len(), d), flat).map_err(|e| ModelError::Invalid {
+                field: "input",
+                reason: e.to_string(),
+            })?;
         self.kernel.decide_into(view, out);
         Ok(())
     }
@@ -354,7 +396,10 @@ impl Model {
         if found == self.n_features() {
             Ok(())
         } else {
-            Err(ModelError::FeatureMismatch { expected: self.n_features(), found })
+            Err(ModelError::FeatureMismatch {
+                expected: self.n_features(),
+                found,
+            })
         }
     }
 
@@ -389,11 +434,16 @@ impl Model {
             degree: self.svm.degree,
             nu: self.svm.nu,
             intercept: self.svm.intercept,
-            scaler: self
-                .scaler
+            scaler: self.scaler.as_ref().map(|s| ScalerInfo {
+                with_mean: s.mean.is_some(),
+                with_std: s.scale.is_some(),
+            }),
+            source: self
+                .meta
+                .source
                 .as_ref()
-                .map(|s| ScalerInfo { with_mean: s.mean.is_some(), with_std: s.scale.is_some() }),
-            source: self.meta.source.as_ref().unwrap_or(&SourceFormat::InMemory).to_string(),
+                .unwrap_or(&SourceFormat::InMemory)
+                .to_string(),
             sklearn_version: self.meta.sklearn_version.clone(),
             trained_by: self.meta.trained_by.clone(),
         }
@@ -414,7 +464,10 @@ fn decompress(kind: &'static str, bytes: &[u8], limit: u64) -> Result<Vec<u8>, M
     reader
         .take(limit + 1)
         .read_to_end(&mut out)
-        .map_err(|e| ModelError::Decompress { kind, reason: e.to_string() })?;
+        .map_err(|e| ModelError::Decompress {
+            kind,
+            reason: e.to_string(),
+        })?;
     if out.len() as u64 > limit {
         let reason = format!("it inflates to more than {} MiB", limit >> 20);
         return Err(ModelError::Decompress { kind, reason });
@@ -431,7 +484,10 @@ fn compressed_kind(bytes: &[u8]) -> Option<&'static str> {
         (b"\xfd7zXZ", "xz"),
         (b"\x04\x22\x4d\x18", "lz4"),
     ];
-    MAGICS.iter().find(|(m, _)| bytes.starts_with(m)).map(|(_, k)| *k)
+    MAGICS
+        .iter()
+        .find(|(m, _)| bytes.starts_with(m))
+        .map(|(_, k)| *k)
 }
 
 #[cfg(test)]
@@ -450,7 +506,10 @@ mod tests {
             intercept: -0.8,
             nu: Some(0.1),
         };
-        let scaler = Scaler { mean: Some(vec![10.0, -2.0]), scale: Some(vec![2.0, 0.5]) };
+        let scaler = Scaler {
+            mean: Some(vec![10.0, -2.0]),
+            scale: Some(vec![2.0, 0.5]),
+        };
         Model::new(Some(scaler), svm, ModelMeta::default()).unwrap()
     }
 
@@ -465,7 +524,12 @@ mod tests {
     #[test]
     fn decisions_match_a_direct_evaluation_for_every_kernel() {
         let x = array![[10.0, -2.0], [11.0, -1.5], [9.0, -2.25], [100.0, 3.0]];
-        for kernel in [KernelKind::Rbf, KernelKind::Linear, KernelKind::Poly, KernelKind::Sigmoid] {
+        for kernel in [
+            KernelKind::Rbf,
+            KernelKind::Linear,
+            KernelKind::Poly,
+            KernelKind::Sigmoid,
+        ] {
             let m = toy_model(kernel);
             let got = m.decision_function(x.view()).unwrap();
             for (r, row) in x.rows().into_iter().enumerate() {
@@ -484,7 +548,11 @@ mod tests {
                     s += m.svm().dual_coef[j] * k;
                 }
                 let want = s - 0.8;
-                assert!((got[r] - want).abs() <= 1e-13 * (1.0 + want.abs()), "{kernel:?} row {r}: {} vs {want}", got[r]);
+                assert!(
+                    (got[r] - want).abs() <= 1e-13 * (1.0 + want.abs()),
+                    "{kernel:?} row {r}: {} vs {want}",
+                    got[r]
+                );
             }
         }
     }
@@ -495,7 +563,10 @@ mod tests {
         let x = Array2::<f64>::zeros((3, 5));
         assert!(matches!(
             m.decision_function(x.view()),
-            Err(ModelError::FeatureMismatch { expected: 2, found: 5 })
+            Err(ModelError::FeatureMismatch {
+                expected: 2,
+                found: 5
+            })
         ));
     }
 
@@ -510,9 +581,17 @@ mod tests {
     #[test]
     fn corrupt_or_unsupported_compressed_files_get_a_clear_error() {
         let err = Model::from_bytes(b"\x78\x9c\x00\x00").unwrap_err();
-        assert!(err.to_string().contains("decompressing the zlib-compressed joblib file"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("decompressing the zlib-compressed joblib file"),
+            "{err}"
+        );
         let err = Model::from_bytes(b"\xfd7zXZ\x00\x00").unwrap_err();
-        assert!(err.to_string().contains("xz-compressed joblib files are not supported"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("xz-compressed joblib files are not supported"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -522,7 +601,13 @@ mod tests {
         enc.write_all(&vec![0u8; (2 << 20) + 1]).unwrap();
         let bomb = enc.finish().unwrap();
         let err = decompress("zlib", &bomb, 2 << 20).unwrap_err();
-        assert!(err.to_string().contains("inflates to more than 2 MiB"), "{err}");
-        assert_eq!(decompress("zlib", &bomb, 3 << 20).map(|v| v.len()).ok(), Some((2 << 20) + 1));
+        assert!(
+            err.to_string().contains("inflates to more than 2 MiB"),
+            "{err}"
+        );
+        assert_eq!(
+            decompress("zlib", &bomb, 3 << 20).map(|v| v.len()).ok(),
+            Some((2 << 20) + 1)
+        );
     }
 }

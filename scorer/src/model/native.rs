@@ -54,7 +54,9 @@ pub enum NativeError {
     #[error("field `version` is {0}; this build reads version 1")]
     UnsupportedVersion(u64),
     /// Rows of `support_vectors` differ in length from `n_features`.
-    #[error("field `support_vectors` row {row} has {len} values, expected n_features = {n_features}")]
+    #[error(
+        "field `support_vectors` row {row} has {len} values, expected n_features = {n_features}"
+    )]
     RaggedSupportVectors {
         /// Offending row.
         row: usize,
@@ -96,7 +98,11 @@ struct NativeModel {
 }
 
 fn json_error(e: serde_json::Error) -> NativeError {
-    NativeError::Json { line: e.line(), column: e.column(), message: e.to_string() }
+    NativeError::Json {
+        line: e.line(),
+        column: e.column(),
+        message: e.to_string(),
+    }
 }
 
 /// Reads a native model file.
@@ -105,7 +111,9 @@ pub fn from_json(bytes: &[u8]) -> Result<Model, ModelError> {
     let head: serde_json::Value = serde_json::from_slice(bytes).map_err(json_error)?;
     match head.get("format").and_then(|f| f.as_str()) {
         Some(FORMAT) => {}
-        other => return Err(NativeError::WrongFormat(other.unwrap_or("<missing>").to_string()).into()),
+        other => {
+            return Err(NativeError::WrongFormat(other.unwrap_or("<missing>").to_string()).into());
+        }
     }
     match head.get("version").and_then(|v| v.as_u64()) {
         Some(v) if v == u64::from(VERSION) => {}
@@ -117,12 +125,22 @@ pub fn from_json(bytes: &[u8]) -> Result<Model, ModelError> {
     let mut flat = Vec::with_capacity(m.support_vectors.len() * d);
     for (row, sv) in m.support_vectors.iter().enumerate() {
         if sv.len() != d {
-            return Err(NativeError::RaggedSupportVectors { row, len: sv.len(), n_features: d }.into());
+            return Err(NativeError::RaggedSupportVectors {
+                row,
+                len: sv.len(),
+                n_features: d,
+            }
+            .into());
         }
         flat.extend_from_slice(sv);
     }
-    let support_vectors = Array2::from_shape_vec((m.support_vectors.len(), d), flat)
-        .map_err(|e| ModelError::Invalid { field: "support_vectors", reason: e.to_string() })?;
+    let support_vectors =
+        Array2::from_shape_vec((m.support_vectors.len(), d), flat).map_err(|e| {
+            ModelError::Invalid {
+                field: "support_vectors",
+                reason: e.to_string(),
+            }
+        })?;
     let svm = OneClassSvm {
         kernel: m.kernel,
         gamma: m.gamma,
@@ -133,7 +151,10 @@ pub fn from_json(bytes: &[u8]) -> Result<Model, ModelError> {
         intercept: m.intercept,
         nu: m.nu,
     };
-    let scaler = m.scaler.map(|s| Scaler { mean: s.mean, scale: s.scale });
+    let scaler = m.scaler.map(|s| Scaler {
+        mean: s.mean,
+        scale: s.scale,
+    });
     let meta = ModelMeta {
         source: Some(SourceFormat::Native { version: VERSION }),
         sklearn_version: m.sklearn_version,
@@ -154,8 +175,16 @@ pub fn to_json(model: &Model) -> Result<Vec<u8>, ModelError> {
         degree: svm.degree,
         nu: svm.nu,
         n_features: model.n_features(),
-        scaler: model.scaler().map(|s| NativeScaler { mean: s.mean.clone(), scale: s.scale.clone() }),
-        support_vectors: svm.support_vectors.rows().into_iter().map(|r| r.to_vec()).collect(),
+        scaler: model.scaler().map(|s| NativeScaler {
+            mean: s.mean.clone(),
+            scale: s.scale.clone(),
+        }),
+        support_vectors: svm
+            .support_vectors
+            .rows()
+            .into_iter()
+            .map(|r| r.to_vec())
+            .collect(),
         dual_coef: svm.dual_coef.clone(),
         intercept: svm.intercept,
         sklearn_version: model.meta().sklearn_version.clone(),
@@ -182,15 +211,24 @@ mod tests {
         svm.dual_coef[2] = 5e-324;
         svm.gamma = std::f64::consts::PI * 1e-7;
         svm.intercept = -123456.789e-3;
-        let scaler = Scaler { mean: Some(vec![1e300, -2.5e-300]), scale: None };
+        let scaler = Scaler {
+            mean: Some(vec![1e300, -2.5e-300]),
+            scale: None,
+        };
         let model = Model::new(Some(scaler), svm, ModelMeta::default()).unwrap();
         let back = Model::from_bytes(&model.to_native_bytes().unwrap()).unwrap();
         let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(back.svm().kernel, KernelKind::Poly);
-        assert_eq!(bits(back.svm().support_vectors.as_slice().unwrap()), bits(model.svm().support_vectors.as_slice().unwrap()));
+        assert_eq!(
+            bits(back.svm().support_vectors.as_slice().unwrap()),
+            bits(model.svm().support_vectors.as_slice().unwrap())
+        );
         assert_eq!(bits(&back.svm().dual_coef), bits(&model.svm().dual_coef));
         assert_eq!(back.svm().gamma.to_bits(), model.svm().gamma.to_bits());
-        assert_eq!(back.svm().intercept.to_bits(), model.svm().intercept.to_bits());
+        assert_eq!(
+            back.svm().intercept.to_bits(),
+            model.svm().intercept.to_bits()
+        );
         assert_eq!(back.scaler(), model.scaler());
         assert_eq!(back.info().source, "native v1");
     }
@@ -203,14 +241,16 @@ mod tests {
 
     #[test]
     fn a_future_version_is_rejected() {
-        let err = Model::from_bytes(br#"{"format": "fleetscore-ocsvm", "version": 2}"#).unwrap_err();
+        let err =
+            Model::from_bytes(br#"{"format": "fleetscore-ocsvm", "version": 2}"#).unwrap_err();
         assert!(err.to_string().contains("version"), "{err}");
     }
 
     #[test]
     fn a_ragged_support_vector_is_rejected_naming_the_row() {
         let model = toy_model(KernelKind::Rbf);
-        let mut v: serde_json::Value = serde_json::from_slice(&model.to_native_bytes().unwrap()).unwrap();
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&model.to_native_bytes().unwrap()).unwrap();
         v["support_vectors"][1] = serde_json::json!([1.0]);
         let err = Model::from_bytes(&serde_json::to_vec(&v).unwrap()).unwrap_err();
         assert!(err.to_string().contains("row 1"), "{err}");

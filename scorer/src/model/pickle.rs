@@ -133,9 +133,20 @@ const MAX_NESTING: u32 = 4;
 
 /// Reads a pickle (or joblib file) into a value tree.
 pub fn parse(input: &[u8]) -> Result<Pickle, PickleError> {
-    let mut vm = Vm { input, pos: 0, heap: Vec::new(), protocol: None, joblib: false };
+    let mut vm = Vm {
+        input,
+        pos: 0,
+        heap: Vec::new(),
+        protocol: None,
+        joblib: false,
+    };
     let root = vm.run(0)?;
-    Ok(Pickle { heap: vm.heap, root, protocol: vm.protocol, joblib: vm.joblib })
+    Ok(Pickle {
+        heap: vm.heap,
+        root,
+        protocol: vm.protocol,
+        joblib: vm.joblib,
+    })
 }
 
 impl Pickle {
@@ -167,7 +178,11 @@ impl Pickle {
     /// Looks up a string key in a dict (the last binding wins, as in Python).
     pub fn dict_get(&self, dict: Value, key: &str) -> Option<Value> {
         match self.obj(dict)? {
-            Obj::Dict(pairs) => pairs.iter().rev().find(|(k, _)| self.str(*k) == Some(key)).map(|(_, v)| *v),
+            Obj::Dict(pairs) => pairs
+                .iter()
+                .rev()
+                .find(|(k, _)| self.str(*k) == Some(key))
+                .map(|(_, v)| *v),
             _ => None,
         }
     }
@@ -197,7 +212,9 @@ impl Pickle {
                 Some(Obj::List(_)) => "list".into(),
                 Some(Obj::Dict(_)) => "dict".into(),
                 Some(Obj::Set(_)) => "set".into(),
-                Some(Obj::Global { module, name }) => format!("{module}.{name} (a class or function)"),
+                Some(Obj::Global { module, name }) => {
+                    format!("{module}.{name} (a class or function)")
+                }
                 Some(Obj::Object { class, .. }) => match self.global(*class) {
                     Some((m, n)) => format!("{m}.{n}"),
                     None => "an object of unknown class".into(),
@@ -219,7 +236,10 @@ struct Vm<'a> {
 
 impl<'a> Vm<'a> {
     fn malformed(&self, reason: impl Into<String>) -> PickleError {
-        PickleError::Malformed { pos: self.pos, reason: reason.into() }
+        PickleError::Malformed {
+            pos: self.pos,
+            reason: reason.into(),
+        }
     }
 
     fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], PickleError> {
@@ -230,7 +250,10 @@ impl<'a> Vm<'a> {
                 self.pos = end;
                 Ok(s)
             }
-            None => Err(PickleError::Truncated { what, pos: self.pos }),
+            None => Err(PickleError::Truncated {
+                what,
+                pos: self.pos,
+            }),
         }
     }
 
@@ -258,7 +281,10 @@ impl<'a> Vm<'a> {
     /// Reads `len` bytes; the length was read from the input, so check it against what is left
     /// before trusting it.
     fn take_len(&mut self, len: u64, what: &'static str) -> Result<&'a [u8], PickleError> {
-        let n = usize::try_from(len).map_err(|_| PickleError::Truncated { what, pos: self.pos })?;
+        let n = usize::try_from(len).map_err(|_| PickleError::Truncated {
+            what,
+            pos: self.pos,
+        })?;
         self.take(n, what)
     }
 
@@ -269,32 +295,44 @@ impl<'a> Vm<'a> {
                 self.pos += i + 1;
                 Ok(&rest[..i])
             }
-            None => Err(PickleError::Truncated { what, pos: self.pos }),
+            None => Err(PickleError::Truncated {
+                what,
+                pos: self.pos,
+            }),
         }
     }
 
     fn alloc(&mut self, obj: Obj) -> Result<Value, PickleError> {
-        let i = u32::try_from(self.heap.len())
-            .map_err(|_| PickleError::Limit { pos: self.pos, reason: "too many objects".into() })?;
+        let i = u32::try_from(self.heap.len()).map_err(|_| PickleError::Limit {
+            pos: self.pos,
+            reason: "too many objects".into(),
+        })?;
         self.heap.push(obj);
         Ok(Value::Ref(i))
     }
 
     fn text(&self, bytes: &[u8], what: &str) -> Result<String, PickleError> {
-        String::from_utf8(bytes.to_vec()).map_err(|_| self.malformed(format!("{what} is not UTF-8")))
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| self.malformed(format!("{what} is not UTF-8")))
     }
 
     /// Runs opcodes until `STOP`; returns the value left on the stack.
     fn run(&mut self, nesting: u32) -> Result<Value, PickleError> {
         if nesting > MAX_NESTING {
-            return Err(PickleError::Limit { pos: self.pos, reason: "nested pickles too deep".into() });
+            return Err(PickleError::Limit {
+                pos: self.pos,
+                reason: "nested pickles too deep".into(),
+            });
         }
         let mut stack: Vec<Value> = Vec::new();
         let mut marks: Vec<usize> = Vec::new();
         let mut memo: HashMap<u64, Value> = HashMap::new();
         loop {
             if stack.len() > MAX_STACK {
-                return Err(PickleError::Limit { pos: self.pos, reason: format!("stack above {MAX_STACK}") });
+                return Err(PickleError::Limit {
+                    pos: self.pos,
+                    reason: format!("stack above {MAX_STACK}"),
+                });
             }
             let op_pos = self.pos;
             let op = self.byte("opcode")?;
@@ -315,12 +353,17 @@ impl<'a> Vm<'a> {
                 }
                 // STOP
                 b'.' => {
-                    return stack.pop().ok_or_else(|| self.malformed("STOP with an empty stack"));
+                    return stack
+                        .pop()
+                        .ok_or_else(|| self.malformed("STOP with an empty stack"));
                 }
                 // MARK
                 b'(' => {
                     if marks.len() >= MAX_MARKS {
-                        return Err(PickleError::Limit { pos: self.pos, reason: "too many nested marks".into() });
+                        return Err(PickleError::Limit {
+                            pos: self.pos,
+                            reason: "too many nested marks".into(),
+                        });
                     }
                     marks.push(stack.len());
                 }
@@ -328,7 +371,9 @@ impl<'a> Vm<'a> {
                 b'0' => {
                     if stack.pop().is_none() {
                         // Python pops the mark when the stack above it is empty.
-                        marks.pop().ok_or_else(|| self.malformed("POP on an empty stack"))?;
+                        marks
+                            .pop()
+                            .ok_or_else(|| self.malformed("POP on an empty stack"))?;
                     }
                 }
                 // POP_MARK
@@ -338,7 +383,9 @@ impl<'a> Vm<'a> {
                 }
                 // DUP
                 b'2' => {
-                    let top = *stack.last().ok_or_else(|| self.malformed("DUP on an empty stack"))?;
+                    let top = *stack
+                        .last()
+                        .ok_or_else(|| self.malformed("DUP on an empty stack"))?;
                     stack.push(top);
                 }
                 // NONE, NEWTRUE, NEWFALSE
@@ -360,7 +407,11 @@ impl<'a> Vm<'a> {
                 }
                 // LONG1, LONG4
                 0x8a | 0x8b => {
-                    let n = if op == 0x8a { u64::from(self.byte("LONG1")?) } else { self.le_u32("LONG4")? };
+                    let n = if op == 0x8a {
+                        u64::from(self.byte("LONG1")?)
+                    } else {
+                        self.le_u32("LONG4")?
+                    };
                     let bytes = self.take_len(n, "LONG bytes")?;
                     let v = long_value(bytes);
                     let v = match v {
@@ -372,12 +423,16 @@ impl<'a> Vm<'a> {
                 // INT, LONG (text, protocol 0)
                 b'I' | b'L' => {
                     let line = self.line("INT")?;
-                    let s = std::str::from_utf8(line).map_err(|_| self.malformed("INT is not text"))?;
+                    let s =
+                        std::str::from_utf8(line).map_err(|_| self.malformed("INT is not text"))?;
                     let s = s.trim_end_matches('L');
                     let v = match s {
                         "00" if op == b'I' => Value::Bool(false),
                         "01" if op == b'I' => Value::Bool(true),
-                        _ => Value::Int(s.parse::<i64>().map_err(|_| self.malformed(format!("bad integer {s:?}")))?),
+                        _ => Value::Int(
+                            s.parse::<i64>()
+                                .map_err(|_| self.malformed(format!("bad integer {s:?}")))?,
+                        ),
                     };
                     stack.push(v);
                 }
@@ -390,8 +445,12 @@ impl<'a> Vm<'a> {
                 }
                 b'F' => {
                     let line = self.line("FLOAT")?;
-                    let s = std::str::from_utf8(line).map_err(|_| self.malformed("FLOAT is not text"))?;
-                    let v = s.trim().parse::<f64>().map_err(|_| self.malformed(format!("bad float {s:?}")))?;
+                    let s = std::str::from_utf8(line)
+                        .map_err(|_| self.malformed("FLOAT is not text"))?;
+                    let v = s
+                        .trim()
+                        .parse::<f64>()
+                        .map_err(|_| self.malformed(format!("bad float {s:?}")))?;
                     stack.push(Value::Float(v));
                 }
                 // BINUNICODE, SHORT_BINUNICODE, BINUNICODE8
@@ -429,12 +488,20 @@ impl<'a> Vm<'a> {
                         _ => self.le_u64("bytes length")?,
                     };
                     let b = self.take_len(n, "bytes")?.to_vec();
-                    let obj = if op == 0x96 { Obj::ByteArray(b) } else { Obj::Bytes(b) };
+                    let obj = if op == 0x96 {
+                        Obj::ByteArray(b)
+                    } else {
+                        Obj::Bytes(b)
+                    };
                     let v = self.alloc(obj)?;
                     stack.push(v);
                 }
                 // NEXT_BUFFER (out-of-band data is not in the file)
-                0x97 => return Err(self.malformed("out-of-band buffers (NEXT_BUFFER) are not supported")),
+                0x97 => {
+                    return Err(
+                        self.malformed("out-of-band buffers (NEXT_BUFFER) are not supported")
+                    );
+                }
                 // READONLY_BUFFER: no-op for us
                 0x98 => {
                     if stack.is_empty() {
@@ -498,14 +565,20 @@ impl<'a> Vm<'a> {
                 }
                 // APPEND, APPENDS, ADDITEMS
                 b'a' => {
-                    let item = stack.pop().ok_or_else(|| self.malformed("APPEND on an empty stack"))?;
-                    let target = *stack.last().ok_or_else(|| self.malformed("APPEND without a list"))?;
+                    let item = stack
+                        .pop()
+                        .ok_or_else(|| self.malformed("APPEND on an empty stack"))?;
+                    let target = *stack
+                        .last()
+                        .ok_or_else(|| self.malformed("APPEND without a list"))?;
                     self.extend(target, vec![item])?;
                 }
                 b'e' | 0x90 => {
                     let m = self.pop_mark(&mut marks, &stack)?;
                     let items = stack.split_off(m);
-                    let target = *stack.last().ok_or_else(|| self.malformed("APPENDS without a list"))?;
+                    let target = *stack
+                        .last()
+                        .ok_or_else(|| self.malformed("APPENDS without a list"))?;
                     self.extend(target, items)?;
                 }
                 // SETITEM, SETITEMS
@@ -514,7 +587,9 @@ impl<'a> Vm<'a> {
                         return Err(self.malformed("SETITEM with too few items"));
                     }
                     let items = stack.split_off(stack.len() - 2);
-                    let target = *stack.last().ok_or_else(|| self.malformed("SETITEM without a dict"))?;
+                    let target = *stack
+                        .last()
+                        .ok_or_else(|| self.malformed("SETITEM without a dict"))?;
                     self.set_items(target, items)?;
                 }
                 b'u' => {
@@ -523,7 +598,9 @@ impl<'a> Vm<'a> {
                     if !items.len().is_multiple_of(2) {
                         return Err(self.malformed("SETITEMS with an odd number of items"));
                     }
-                    let target = *stack.last().ok_or_else(|| self.malformed("SETITEMS without a dict"))?;
+                    let target = *stack
+                        .last()
+                        .ok_or_else(|| self.malformed("SETITEMS without a dict"))?;
                     self.set_items(target, items)?;
                 }
                 // GLOBAL (text), STACK_GLOBAL
@@ -535,8 +612,12 @@ impl<'a> Vm<'a> {
                     stack.push(v);
                 }
                 0x93 => {
-                    let name = stack.pop().ok_or_else(|| self.malformed("STACK_GLOBAL without a name"))?;
-                    let module = stack.pop().ok_or_else(|| self.malformed("STACK_GLOBAL without a module"))?;
+                    let name = stack
+                        .pop()
+                        .ok_or_else(|| self.malformed("STACK_GLOBAL without a name"))?;
+                    let module = stack
+                        .pop()
+                        .ok_or_else(|| self.malformed("STACK_GLOBAL without a module"))?;
                     let (module, name) = match (self.str_of(module), self.str_of(name)) {
                         (Some(m), Some(n)) => (m, n),
                         _ => return Err(self.malformed("STACK_GLOBAL needs two strings")),
@@ -546,16 +627,36 @@ impl<'a> Vm<'a> {
                 }
                 // REDUCE, NEWOBJ, NEWOBJ_EX
                 b'R' | 0x81 => {
-                    let args = stack.pop().ok_or_else(|| self.malformed("REDUCE without arguments"))?;
-                    let class = stack.pop().ok_or_else(|| self.malformed("REDUCE without a callable"))?;
-                    let v = self.alloc(Obj::Object { class, args, state: None, items: Vec::new() })?;
+                    let args = stack
+                        .pop()
+                        .ok_or_else(|| self.malformed("REDUCE without arguments"))?;
+                    let class = stack
+                        .pop()
+                        .ok_or_else(|| self.malformed("REDUCE without a callable"))?;
+                    let v = self.alloc(Obj::Object {
+                        class,
+                        args,
+                        state: None,
+                        items: Vec::new(),
+                    })?;
                     stack.push(v);
                 }
                 0x92 => {
-                    let _kwargs = stack.pop().ok_or_else(|| self.malformed("NEWOBJ_EX without kwargs"))?;
-                    let args = stack.pop().ok_or_else(|| self.malformed("NEWOBJ_EX without arguments"))?;
-                    let class = stack.pop().ok_or_else(|| self.malformed("NEWOBJ_EX without a class"))?;
-                    let v = self.alloc(Obj::Object { class, args, state: None, items: Vec::new() })?;
+                    let _kwargs = stack
+                        .pop()
+                        .ok_or_else(|| self.malformed("NEWOBJ_EX without kwargs"))?;
+                    let args = stack
+                        .pop()
+                        .ok_or_else(|| self.malformed("NEWOBJ_EX without arguments"))?;
+                    let class = stack
+                        .pop()
+                        .ok_or_else(|| self.malformed("NEWOBJ_EX without a class"))?;
+                    let v = self.alloc(Obj::Object {
+                        class,
+                        args,
+                        state: None,
+                        items: Vec::new(),
+                    })?;
                     stack.push(v);
                 }
                 // OBJ: MARK class args... ; INST: MARK args... then module/name lines
@@ -567,7 +668,12 @@ impl<'a> Vm<'a> {
                     }
                     let class = items.remove(0);
                     let args = self.alloc(Obj::Tuple(items))?;
-                    let v = self.alloc(Obj::Object { class, args, state: None, items: Vec::new() })?;
+                    let v = self.alloc(Obj::Object {
+                        class,
+                        args,
+                        state: None,
+                        items: Vec::new(),
+                    })?;
                     stack.push(v);
                 }
                 b'i' => {
@@ -578,13 +684,22 @@ impl<'a> Vm<'a> {
                     let items = stack.split_off(m);
                     let class = self.alloc(Obj::Global { module, name })?;
                     let args = self.alloc(Obj::Tuple(items))?;
-                    let v = self.alloc(Obj::Object { class, args, state: None, items: Vec::new() })?;
+                    let v = self.alloc(Obj::Object {
+                        class,
+                        args,
+                        state: None,
+                        items: Vec::new(),
+                    })?;
                     stack.push(v);
                 }
                 // BUILD
                 b'b' => {
-                    let state = stack.pop().ok_or_else(|| self.malformed("BUILD without state"))?;
-                    let target = *stack.last().ok_or_else(|| self.malformed("BUILD without an object"))?;
+                    let state = stack
+                        .pop()
+                        .ok_or_else(|| self.malformed("BUILD without state"))?;
+                    let target = *stack
+                        .last()
+                        .ok_or_else(|| self.malformed("BUILD without an object"))?;
                     let is_wrapper = self.build(target, state)?;
                     if is_wrapper {
                         let array = self.read_joblib_array(state, nesting)?;
@@ -599,16 +714,22 @@ impl<'a> Vm<'a> {
                         b'p' => {
                             let line = self.line("PUT")?;
                             let s = std::str::from_utf8(line).unwrap_or("");
-                            s.parse::<u64>().map_err(|_| self.malformed(format!("bad PUT index {s:?}")))?
+                            s.parse::<u64>()
+                                .map_err(|_| self.malformed(format!("bad PUT index {s:?}")))?
                         }
                         b'q' => u64::from(self.byte("BINPUT")?),
                         b'r' => self.le_u32("LONG_BINPUT")?,
                         _ => memo.len() as u64,
                     };
                     if idx > MAX_MEMO_INDEX {
-                        return Err(PickleError::Limit { pos: self.pos, reason: format!("memo index {idx}") });
+                        return Err(PickleError::Limit {
+                            pos: self.pos,
+                            reason: format!("memo index {idx}"),
+                        });
                     }
-                    let top = *stack.last().ok_or_else(|| self.malformed("memoizing an empty stack"))?;
+                    let top = *stack
+                        .last()
+                        .ok_or_else(|| self.malformed("memoizing an empty stack"))?;
                     memo.insert(idx, top);
                 }
                 // GET, BINGET, LONG_BINGET
@@ -617,12 +738,15 @@ impl<'a> Vm<'a> {
                         b'g' => {
                             let line = self.line("GET")?;
                             let s = std::str::from_utf8(line).unwrap_or("");
-                            s.parse::<u64>().map_err(|_| self.malformed(format!("bad GET index {s:?}")))?
+                            s.parse::<u64>()
+                                .map_err(|_| self.malformed(format!("bad GET index {s:?}")))?
                         }
                         b'h' => u64::from(self.byte("BINGET")?),
                         _ => self.le_u32("LONG_BINGET")?,
                     };
-                    let v = *memo.get(&idx).ok_or_else(|| self.malformed(format!("memo index {idx} unset")))?;
+                    let v = *memo
+                        .get(&idx)
+                        .ok_or_else(|| self.malformed(format!("memo index {idx} unset")))?;
                     stack.push(v);
                 }
                 // PERSID, BINPERSID, EXT1/2/4: need outside code or registries.
@@ -661,8 +785,15 @@ impl<'a> Vm<'a> {
         match self.obj_mut(target) {
             Some(Obj::List(v)) | Some(Obj::Set(v)) => v.extend(items),
             // A list subclass: record the items on the object.
-            Some(Obj::Object { items: rec, .. }) => rec.extend(items.into_iter().map(|i| (Value::None, i))),
-            _ => return Err(PickleError::Malformed { pos, reason: "APPEND to something that is not a list".into() }),
+            Some(Obj::Object { items: rec, .. }) => {
+                rec.extend(items.into_iter().map(|i| (Value::None, i)))
+            }
+            _ => {
+                return Err(PickleError::Malformed {
+                    pos,
+                    reason: "APPEND to something that is not a list".into(),
+                });
+            }
         }
         Ok(())
     }
@@ -673,7 +804,12 @@ impl<'a> Vm<'a> {
         match self.obj_mut(target) {
             Some(Obj::Dict(d)) => d.extend(pairs),
             Some(Obj::Object { items: rec, .. }) => rec.extend(pairs),
-            _ => return Err(PickleError::Malformed { pos, reason: "SETITEM on something that is not a dict".into() }),
+            _ => {
+                return Err(PickleError::Malformed {
+                    pos,
+                    reason: "SETITEM on something that is not a dict".into(),
+                });
+            }
         }
         Ok(())
     }
@@ -686,7 +822,12 @@ impl<'a> Vm<'a> {
                 *state = Some(new_state);
                 *class
             }
-            _ => return Err(PickleError::Malformed { pos, reason: "BUILD on something that is not an object".into() }),
+            _ => {
+                return Err(PickleError::Malformed {
+                    pos,
+                    reason: "BUILD on something that is not an object".into(),
+                });
+            }
         };
         let is_wrapper = match class {
             Value::Ref(i) => matches!(
@@ -715,7 +856,10 @@ impl<'a> Vm<'a> {
         }
         let n = count
             .checked_mul(itemsize)
-            .ok_or_else(|| PickleError::Limit { pos: self.pos, reason: "joblib array size overflows".into() })?;
+            .ok_or_else(|| PickleError::Limit {
+                pos: self.pos,
+                reason: "joblib array size overflows".into(),
+            })?;
         let data = self.take_len(n, "joblib array data")?.to_vec();
         self.alloc(Obj::JoblibArray { state, data })
     }
@@ -723,32 +867,61 @@ impl<'a> Vm<'a> {
     /// (element count, item size, is object dtype, has alignment padding) of a wrapper's state.
     fn joblib_layout(&mut self, state: Value) -> Result<(u64, u64, bool, bool), PickleError> {
         // Borrow the heap as a read-only Pickle view without copying it.
-        let view = Pickle { heap: std::mem::take(&mut self.heap), root: Value::None, protocol: None, joblib: true };
+        let view = Pickle {
+            heap: std::mem::take(&mut self.heap),
+            root: Value::None,
+            protocol: None,
+            joblib: true,
+        };
         let result = self.layout_in(&view, state);
         self.heap = view.heap;
         result
     }
 
-    fn layout_in(&self, view: &Pickle, state: Value) -> Result<(u64, u64, bool, bool), PickleError> {
-        let bad = |r: &str| PickleError::Malformed { pos: self.pos, reason: format!("joblib array wrapper: {r}") };
-        let shape = view.dict_get(state, "shape").ok_or_else(|| bad("no shape"))?;
+    fn layout_in(
+        &self,
+        view: &Pickle,
+        state: Value,
+    ) -> Result<(u64, u64, bool, bool), PickleError> {
+        let bad = |r: &str| PickleError::Malformed {
+            pos: self.pos,
+            reason: format!("joblib array wrapper: {r}"),
+        };
+        let shape = view
+            .dict_get(state, "shape")
+            .ok_or_else(|| bad("no shape"))?;
         let dims = view.seq(shape).ok_or_else(|| bad("shape is not a tuple"))?;
         let mut count: u64 = 1;
         for d in dims {
             match d {
-                Value::Int(n) if *n >= 0 => count = count.checked_mul(*n as u64).ok_or_else(|| bad("shape overflows"))?,
+                Value::Int(n) if *n >= 0 => {
+                    count = count
+                        .checked_mul(*n as u64)
+                        .ok_or_else(|| bad("shape overflows"))?
+                }
                 _ => return Err(bad("shape holds a non-integer")),
             }
         }
-        let dtype = view.dict_get(state, "dtype").ok_or_else(|| bad("no dtype"))?;
+        let dtype = view
+            .dict_get(state, "dtype")
+            .ok_or_else(|| bad("no dtype"))?;
         let descr = match view.obj(dtype) {
-            Some(Obj::Object { args, .. }) => view.seq(*args).and_then(|a| a.first().copied()).and_then(|d| view.str(d)),
+            Some(Obj::Object { args, .. }) => view
+                .seq(*args)
+                .and_then(|a| a.first().copied())
+                .and_then(|d| view.str(d)),
             _ => None,
         }
         .ok_or_else(|| bad("dtype is not numpy.dtype(...)"))?;
         let object = descr == "O" || descr == "|O";
-        let itemsize = if object { 0 } else { dtype_itemsize(descr).ok_or_else(|| bad(&format!("unsupported dtype {descr:?}")))? };
-        let aligned = view.dict_get(state, "numpy_array_alignment_bytes").is_some_and(|v| v != Value::None);
+        let itemsize = if object {
+            0
+        } else {
+            dtype_itemsize(descr).ok_or_else(|| bad(&format!("unsupported dtype {descr:?}")))?
+        };
+        let aligned = view
+            .dict_get(state, "numpy_array_alignment_bytes")
+            .is_some_and(|v| v != Value::None);
         Ok((count, itemsize, object, aligned))
     }
 }
@@ -821,12 +994,16 @@ mod tests {
     #[test]
     fn a_protocol_2_dict_with_memo_and_setitems_reads_back() {
         // pickle.dumps({'a': [1, 2.5, None], 'b': True}, protocol=2)
-        let p = b"\x80\x02}q\x00(X\x01\x00\x00\x00aq\x01]q\x02(K\x01G@\x04\x00\x00\x00\x00\x00\x00Ne\
+        let p =
+            b"\x80\x02}q\x00(X\x01\x00\x00\x00aq\x01]q\x02(K\x01G@\x04\x00\x00\x00\x00\x00\x00Ne\
 X\x01\x00\x00\x00bq\x03\x88u.";
         let pk = parse(p).unwrap();
         assert_eq!(pk.protocol, Some(2));
         let a = pk.dict_get(pk.root, "a").unwrap();
-        assert_eq!(pk.seq(a).unwrap(), &[Value::Int(1), Value::Float(2.5), Value::None]);
+        assert_eq!(
+            pk.seq(a).unwrap(),
+            &[Value::Int(1), Value::Float(2.5), Value::None]
+        );
         assert_eq!(pk.dict_get(pk.root, "b"), Some(Value::Bool(true)));
     }
 
@@ -840,7 +1017,16 @@ X\x01\x00\x00\x00bq\x03\x88u.";
 
     #[test]
     fn truncated_and_garbage_inputs_are_errors_not_panics() {
-        let inputs: [&[u8]; 8] = [b"", b"\x80", b"\x80\x05\x95", b"X\xff\xff\xff\xff", b"(t", b"e", b"\xff", b"h\x07."];
+        let inputs: [&[u8]; 8] = [
+            b"",
+            b"\x80",
+            b"\x80\x05\x95",
+            b"X\xff\xff\xff\xff",
+            b"(t",
+            b"e",
+            b"\xff",
+            b"h\x07.",
+        ];
         for i in inputs {
             assert!(parse(i).is_err(), "{i:?}");
         }
@@ -872,6 +1058,9 @@ X\x01\x00\x00\x00bq\x03\x88u.";
         let pk = parse(p).unwrap();
         let items = pk.seq(pk.root).unwrap();
         assert!(matches!(pk.obj(items[0]), Some(Obj::Bytes(b)) if b == b"a\nb"));
-        assert_eq!(&items[1..], &[Value::Bool(true), Value::Int(42), Value::Float(1.5)]);
+        assert_eq!(
+            &items[1..],
+            &[Value::Bool(true), Value::Int(42), Value::Float(1.5)]
+        );
     }
 }

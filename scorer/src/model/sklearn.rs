@@ -13,13 +13,17 @@ use super::{KernelKind, Model, ModelError, ModelMeta, OneClassSvm, Scaler, Sourc
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SklearnError {
     /// The pickled object is not a Pipeline or OneClassSVM.
-    #[error("expected a scikit-learn Pipeline(StandardScaler, OneClassSVM) or OneClassSVM, found {found}")]
+    #[error(
+        "expected a scikit-learn Pipeline(StandardScaler, OneClassSVM) or OneClassSVM, found {found}"
+    )]
     UnsupportedClass {
         /// The class (or type) found, e.g. `sklearn.ensemble._iforest.IsolationForest` or `dict`.
         found: String,
     },
     /// A Pipeline step other than StandardScaler before the OneClassSVM.
-    #[error("pipeline step {step:?} is {found}; only StandardScaler then OneClassSVM are supported")]
+    #[error(
+        "pipeline step {step:?} is {found}; only StandardScaler then OneClassSVM are supported"
+    )]
     UnsupportedStep {
         /// The step's name.
         step: String,
@@ -66,28 +70,59 @@ pub fn model_from_pickle(p: &Pickle) -> Result<Model, ModelError> {
             let (svm, version) = one_class_svm(p, p.root)?;
             (None, svm, version)
         }
-        _ => return Err(SklearnError::UnsupportedClass { found: p.describe(p.root) }.into()),
+        _ => {
+            return Err(SklearnError::UnsupportedClass {
+                found: p.describe(p.root),
+            }
+            .into());
+        }
     };
     let source = if p.joblib {
-        SourceFormat::Joblib { protocol: p.protocol, compression: None }
+        SourceFormat::Joblib {
+            protocol: p.protocol,
+            compression: None,
+        }
     } else {
-        SourceFormat::SklearnPickle { protocol: p.protocol }
+        SourceFormat::SklearnPickle {
+            protocol: p.protocol,
+        }
     };
-    Model::new(scaler, svm, ModelMeta { source: Some(source), sklearn_version: version, trained_by: None })
+    Model::new(
+        scaler,
+        svm,
+        ModelMeta {
+            source: Some(source),
+            sklearn_version: version,
+            trained_by: None,
+        },
+    )
 }
 
 type Parts = (Option<Scaler>, OneClassSvm, Option<String>);
 
 fn pipeline(p: &Pickle, v: Value) -> Result<Parts, SklearnError> {
     const CLASS: &str = "Pipeline";
-    let state = state_of(p, v).ok_or(SklearnError::MissingField { class: CLASS, field: "steps" })?;
-    let steps = p.dict_get(state, "steps").ok_or(SklearnError::MissingField { class: CLASS, field: "steps" })?;
-    let steps = p.seq(steps).ok_or_else(|| bad(CLASS, "steps", "is not a list"))?;
+    let state = state_of(p, v).ok_or(SklearnError::MissingField {
+        class: CLASS,
+        field: "steps",
+    })?;
+    let steps = p
+        .dict_get(state, "steps")
+        .ok_or(SklearnError::MissingField {
+            class: CLASS,
+            field: "steps",
+        })?;
+    let steps = p
+        .seq(steps)
+        .ok_or_else(|| bad(CLASS, "steps", "is not a list"))?;
     let mut scaler = None;
     let mut last: Option<Value> = None;
     let mut last_name = String::new();
     for step in steps {
-        let pair = p.seq(*step).filter(|s| s.len() == 2).ok_or_else(|| bad(CLASS, "steps", "holds a non-pair"))?;
+        let pair = p
+            .seq(*step)
+            .filter(|s| s.len() == 2)
+            .ok_or_else(|| bad(CLASS, "steps", "holds a non-pair"))?;
         let name = p.str(pair[0]).unwrap_or("?").to_string();
         let est = pair[1];
         // None and 'passthrough' steps do nothing.
@@ -97,29 +132,45 @@ fn pipeline(p: &Pickle, v: Value) -> Result<Parts, SklearnError> {
         if let Some(prev) = last.take() {
             // Only a scaler may come before the last estimator.
             match class_of(p, prev) {
-                Some((m, "StandardScaler")) if m.starts_with("sklearn.preprocessing") && scaler.is_none() => {
+                Some((m, "StandardScaler"))
+                    if m.starts_with("sklearn.preprocessing") && scaler.is_none() =>
+                {
                     scaler = Some(standard_scaler(p, prev)?);
                 }
-                _ => return Err(SklearnError::UnsupportedStep { step: last_name, found: p.describe(prev) }),
+                _ => {
+                    return Err(SklearnError::UnsupportedStep {
+                        step: last_name,
+                        found: p.describe(prev),
+                    });
+                }
             }
         }
         last = Some(est);
         last_name = name;
     }
-    let last = last.ok_or_else(|| SklearnError::NoSvm { found: "nothing (an empty pipeline)".into() })?;
+    let last = last.ok_or_else(|| SklearnError::NoSvm {
+        found: "nothing (an empty pipeline)".into(),
+    })?;
     match class_of(p, last) {
         Some((m, "OneClassSVM")) if m.starts_with("sklearn.svm") => {
             let (svm, inner_version) = one_class_svm(p, last)?;
-            let version = state_of(p, v).and_then(|s| p.dict_get(s, "_sklearn_version")).and_then(|s| p.str(s));
+            let version = state_of(p, v)
+                .and_then(|s| p.dict_get(s, "_sklearn_version"))
+                .and_then(|s| p.str(s));
             Ok((scaler, svm, version.map(String::from).or(inner_version)))
         }
-        _ => Err(SklearnError::NoSvm { found: p.describe(last) }),
+        _ => Err(SklearnError::NoSvm {
+            found: p.describe(last),
+        }),
     }
 }
 
 fn standard_scaler(p: &Pickle, v: Value) -> Result<Scaler, SklearnError> {
     const CLASS: &str = "StandardScaler";
-    let state = state_of(p, v).ok_or(SklearnError::MissingField { class: CLASS, field: "mean_" })?;
+    let state = state_of(p, v).ok_or(SklearnError::MissingField {
+        class: CLASS,
+        field: "mean_",
+    })?;
     let flag = |field: &'static str| -> Result<bool, SklearnError> {
         match p.dict_get(state, field) {
             None => Ok(true),
@@ -130,33 +181,67 @@ fn standard_scaler(p: &Pickle, v: Value) -> Result<Scaler, SklearnError> {
     };
     let (with_mean, with_std) = (flag("with_mean")?, flag("with_std")?);
     let vector = |field: &'static str| -> Result<Vec<f64>, SklearnError> {
-        let v = p.dict_get(state, field).ok_or(SklearnError::MissingField { class: CLASS, field })?;
+        let v = p.dict_get(state, field).ok_or(SklearnError::MissingField {
+            class: CLASS,
+            field,
+        })?;
         Ok(array(p, v).map_err(|r| bad(CLASS, field, &r))?.data)
     };
     Ok(Scaler {
-        mean: if with_mean { Some(vector("mean_")?) } else { None },
-        scale: if with_std { Some(vector("scale_")?) } else { None },
+        mean: if with_mean {
+            Some(vector("mean_")?)
+        } else {
+            None
+        },
+        scale: if with_std {
+            Some(vector("scale_")?)
+        } else {
+            None
+        },
     })
 }
 
 fn one_class_svm(p: &Pickle, v: Value) -> Result<(OneClassSvm, Option<String>), SklearnError> {
     const CLASS: &str = "OneClassSVM";
-    let state = state_of(p, v).ok_or(SklearnError::MissingField { class: CLASS, field: "support_vectors_" })?;
+    let state = state_of(p, v).ok_or(SklearnError::MissingField {
+        class: CLASS,
+        field: "support_vectors_",
+    })?;
     let get = |field: &'static str| p.dict_get(state, field);
-    let need = |field: &'static str| get(field).ok_or(SklearnError::MissingField { class: CLASS, field });
-    let num = |field: &'static str, v: Value| number(p, v).ok_or_else(|| bad(CLASS, field, "is not a number"));
+    let need = |field: &'static str| {
+        get(field).ok_or(SklearnError::MissingField {
+            class: CLASS,
+            field,
+        })
+    };
+    let num = |field: &'static str, v: Value| {
+        number(p, v).ok_or_else(|| bad(CLASS, field, "is not a number"))
+    };
 
     let kernel_v = need("kernel")?;
-    let kernel_name = p.str(kernel_v).ok_or_else(|| SklearnError::UnsupportedKernel(p.describe(kernel_v)))?;
-    let kernel = KernelKind::from_name(kernel_name).ok_or_else(|| SklearnError::UnsupportedKernel(kernel_name.into()))?;
-    if matches!(get("_sparse"), Some(Value::Bool(true)) | Some(Value::Int(1))) {
+    let kernel_name = p
+        .str(kernel_v)
+        .ok_or_else(|| SklearnError::UnsupportedKernel(p.describe(kernel_v)))?;
+    let kernel = KernelKind::from_name(kernel_name)
+        .ok_or_else(|| SklearnError::UnsupportedKernel(kernel_name.into()))?;
+    if matches!(
+        get("_sparse"),
+        Some(Value::Bool(true)) | Some(Value::Int(1))
+    ) {
         return Err(SklearnError::Sparse);
     }
 
     let sv = array(p, need("support_vectors_")?).map_err(|r| bad(CLASS, "support_vectors_", &r))?;
     let support_vectors = match sv.shape.as_slice() {
-        [n, d] => Array2::from_shape_vec((*n, *d), sv.data).map_err(|e| bad(CLASS, "support_vectors_", &e.to_string()))?,
-        s => return Err(bad(CLASS, "support_vectors_", &format!("has shape {s:?}, expected 2-D"))),
+        [n, d] => Array2::from_shape_vec((*n, *d), sv.data)
+            .map_err(|e| bad(CLASS, "support_vectors_", &e.to_string()))?,
+        s => {
+            return Err(bad(
+                CLASS,
+                "support_vectors_",
+                &format!("has shape {s:?}, expected 2-D"),
+            ));
+        }
     };
     // Count support vectors from support_vectors_: 0.19's n_support_ is garbage for one-class.
     let n_sv = support_vectors.nrows();
@@ -166,7 +251,11 @@ fn one_class_svm(p: &Pickle, v: Value) -> Result<(OneClassSvm, Option<String>), 
     };
     let dual = array(p, coef_v).map_err(|r| bad(CLASS, coef_field, &r))?;
     if dual.data.len() != n_sv {
-        return Err(bad(CLASS, coef_field, &format!("has {} values for {n_sv} support vectors", dual.data.len())));
+        return Err(bad(
+            CLASS,
+            coef_field,
+            &format!("has {} values for {n_sv} support vectors", dual.data.len()),
+        ));
     }
     let (icpt_field, icpt_v) = match get("_intercept_") {
         Some(v) => ("_intercept_", v),
@@ -178,7 +267,13 @@ fn one_class_svm(p: &Pickle, v: Value) -> Result<(OneClassSvm, Option<String>), 
             let a = array(p, icpt_v).map_err(|r| bad(CLASS, icpt_field, &r))?;
             match a.data.as_slice() {
                 [x] => *x,
-                d => return Err(bad(CLASS, icpt_field, &format!("has {} values, expected 1", d.len()))),
+                d => {
+                    return Err(bad(
+                        CLASS,
+                        icpt_field,
+                        &format!("has {} values, expected 1", d.len()),
+                    ));
+                }
             }
         }
     };
@@ -187,7 +282,12 @@ fn one_class_svm(p: &Pickle, v: Value) -> Result<(OneClassSvm, Option<String>), 
         (Some(g), _) => num("_gamma", g)?,
         (None, Some(g)) if number(p, g).is_some() => num("gamma", g)?,
         _ if kernel == KernelKind::Linear => 0.0,
-        _ => return Err(SklearnError::MissingField { class: CLASS, field: "_gamma" }),
+        _ => {
+            return Err(SklearnError::MissingField {
+                class: CLASS,
+                field: "_gamma",
+            });
+        }
     };
     let coef0 = match get("coef0") {
         Some(c) => num("coef0", c)?,
@@ -197,26 +297,47 @@ fn one_class_svm(p: &Pickle, v: Value) -> Result<(OneClassSvm, Option<String>), 
         Some(d) => {
             let x = num("degree", d)?;
             if x < 0.0 || x.fract() != 0.0 || x > f64::from(u32::MAX) {
-                return Err(bad(CLASS, "degree", &format!("{x} is not a non-negative integer")));
+                return Err(bad(
+                    CLASS,
+                    "degree",
+                    &format!("{x} is not a non-negative integer"),
+                ));
             }
             x as u32
         }
         None => 3,
     };
     let nu = get("nu").and_then(|v| number(p, v));
-    let version = get("_sklearn_version").and_then(|v| p.str(v)).map(String::from);
-    let svm = OneClassSvm { kernel, gamma, coef0, degree, support_vectors, dual_coef: dual.data, intercept, nu };
+    let version = get("_sklearn_version")
+        .and_then(|v| p.str(v))
+        .map(String::from);
+    let svm = OneClassSvm {
+        kernel,
+        gamma,
+        coef0,
+        degree,
+        support_vectors,
+        dual_coef: dual.data,
+        intercept,
+        nu,
+    };
     Ok((svm, version))
 }
 
 fn bad(class: &'static str, field: &'static str, reason: &str) -> SklearnError {
-    SklearnError::BadField { class, field, reason: reason.to_string() }
+    SklearnError::BadField {
+        class,
+        field,
+        reason: reason.to_string(),
+    }
 }
 
 /// The class `(module, name)` of an object, looking through `copyreg._reconstructor`
 /// (protocols 0–1) to the real class.
 fn class_of(p: &Pickle, v: Value) -> Option<(&str, &str)> {
-    let Some(Obj::Object { class, args, .. }) = p.obj(v) else { return None };
+    let Some(Obj::Object { class, args, .. }) = p.obj(v) else {
+        return None;
+    };
     match p.global(*class)? {
         ("copyreg" | "copy_reg", "_reconstructor") => p.global(*p.seq(*args)?.first()?),
         g => Some(g),
@@ -225,10 +346,15 @@ fn class_of(p: &Pickle, v: Value) -> Option<(&str, &str)> {
 
 /// The `__dict__` state of an object (BUILD's dict, or the first of a (dict, slots) pair).
 fn state_of(p: &Pickle, v: Value) -> Option<Value> {
-    let Some(Obj::Object { state: Some(s), .. }) = p.obj(v) else { return None };
+    let Some(Obj::Object { state: Some(s), .. }) = p.obj(v) else {
+        return None;
+    };
     match p.obj(*s)? {
         Obj::Dict(_) => Some(*s),
-        Obj::Tuple(t) => t.first().copied().filter(|d| matches!(p.obj(*d), Some(Obj::Dict(_)))),
+        Obj::Tuple(t) => t
+            .first()
+            .copied()
+            .filter(|d| matches!(p.obj(*d), Some(Obj::Dict(_)))),
         _ => None,
     }
 }
@@ -245,7 +371,9 @@ fn number(p: &Pickle, v: Value) -> Option<f64> {
         Value::Bool(b) => Some(f64::from(u8::from(b))),
         Value::None => None,
         Value::Ref(_) => {
-            let Some(Obj::Object { class, args, .. }) = p.obj(v) else { return None };
+            let Some(Obj::Object { class, args, .. }) = p.obj(v) else {
+                return None;
+            };
             let (m, n) = p.global(*class)?;
             if !(is_numpy(m, "multiarray") && n == "scalar") {
                 return None;
@@ -280,15 +408,24 @@ struct DType {
 }
 
 fn dtype(p: &Pickle, v: Value) -> Result<DType, String> {
-    let Some(Obj::Object { class, args, state, .. }) = p.obj(v) else {
+    let Some(Obj::Object {
+        class, args, state, ..
+    }) = p.obj(v)
+    else {
         return Err(format!("dtype is {}", p.describe(v)));
     };
     if p.global(*class) != Some(("numpy", "dtype")) {
         return Err(format!("dtype is {}", p.describe(v)));
     }
-    let descr = p.seq(*args).and_then(|a| a.first().copied()).and_then(|d| p.str(d)).ok_or("dtype without a name")?;
+    let descr = p
+        .seq(*args)
+        .and_then(|a| a.first().copied())
+        .and_then(|d| p.str(d))
+        .ok_or("dtype without a name")?;
     // The byte order is the second item of the dtype's state; the name may carry it too.
-    let order = state.and_then(|s| p.seq(s).and_then(|t| t.get(1).copied())).and_then(|o| p.str(o));
+    let order = state
+        .and_then(|s| p.seq(s).and_then(|t| t.get(1).copied()))
+        .and_then(|o| p.str(o));
     let mut name = descr;
     let mut big_endian = false;
     if let Some(rest) = name.strip_prefix(['<', '>', '|', '=']) {
@@ -300,16 +437,27 @@ fn dtype(p: &Pickle, v: Value) -> Result<DType, String> {
     }
     let mut chars = name.chars();
     let kind = chars.next().ok_or("empty dtype")?;
-    let size: usize = chars.as_str().parse().map_err(|_| format!("unsupported dtype {descr:?}"))?;
+    let size: usize = chars
+        .as_str()
+        .parse()
+        .map_err(|_| format!("unsupported dtype {descr:?}"))?;
     match (kind, size) {
-        ('f', 4 | 8) | ('i' | 'u', 1 | 2 | 4 | 8) | ('b', 1) => Ok(DType { kind, size, big_endian }),
+        ('f', 4 | 8) | ('i' | 'u', 1 | 2 | 4 | 8) | ('b', 1) => Ok(DType {
+            kind,
+            size,
+            big_endian,
+        }),
         _ => Err(format!("unsupported dtype {descr:?}")),
     }
 }
 
 fn decode(dt: &DType, raw: &[u8]) -> Result<Vec<f64>, String> {
     if !raw.len().is_multiple_of(dt.size) {
-        return Err(format!("{} data bytes is not a whole number of {}-byte items", raw.len(), dt.size));
+        return Err(format!(
+            "{} data bytes is not a whole number of {}-byte items",
+            raw.len(),
+            dt.size
+        ));
     }
     let mut out = Vec::with_capacity(raw.len() / dt.size);
     for c in raw.chunks_exact(dt.size) {
@@ -371,7 +519,9 @@ fn shape_of(p: &Pickle, v: Value) -> Result<Vec<usize>, String> {
     let dims = p.seq(v).ok_or("shape is not a tuple")?;
     dims.iter()
         .map(|d| match d {
-            Value::Int(n) if *n >= 0 => usize::try_from(*n).map_err(|_| "shape too large".to_string()),
+            Value::Int(n) if *n >= 0 => {
+                usize::try_from(*n).map_err(|_| "shape too large".to_string())
+            }
             _ => Err("shape holds a non-integer".to_string()),
         })
         .collect()
@@ -381,13 +531,25 @@ fn shape_of(p: &Pickle, v: Value) -> Result<Vec<usize>, String> {
 pub fn array(p: &Pickle, v: Value) -> Result<NdArray, String> {
     let (shape, dt, raw, fortran) = match p.obj(v) {
         Some(Obj::JoblibArray { state, data }) => {
-            let shape = shape_of(p, p.dict_get(*state, "shape").ok_or("joblib array without shape")?)?;
-            let dt = dtype(p, p.dict_get(*state, "dtype").ok_or("joblib array without dtype")?)?;
+            let shape = shape_of(
+                p,
+                p.dict_get(*state, "shape")
+                    .ok_or("joblib array without shape")?,
+            )?;
+            let dt = dtype(
+                p,
+                p.dict_get(*state, "dtype")
+                    .ok_or("joblib array without dtype")?,
+            )?;
             let fortran = p.dict_get(*state, "order").and_then(|o| p.str(o)) == Some("F");
             (shape, dt, data.clone(), fortran)
         }
-        Some(Obj::Object { class, args, state, .. }) => {
-            let (m, n) = p.global(*class).ok_or_else(|| format!("is {}", p.describe(v)))?;
+        Some(Obj::Object {
+            class, args, state, ..
+        }) => {
+            let (m, n) = p
+                .global(*class)
+                .ok_or_else(|| format!("is {}", p.describe(v)))?;
             if is_numpy(m, "multiarray") && n == "_reconstruct" {
                 // BUILD state: (version, shape, dtype, is_fortran, raw bytes); very old numpy omits version.
                 let st = state.and_then(|s| p.seq(s)).ok_or("array without state")?;
@@ -398,26 +560,40 @@ pub fn array(p: &Pickle, v: Value) -> Result<NdArray, String> {
                 };
                 let fortran = matches!(st[2], Value::Bool(true) | Value::Int(1));
                 let dt = dtype(p, st[1])?;
-                let raw = bytes_of(p, st[3]).ok_or_else(|| format!("array data is {}", p.describe(st[3])))?;
+                let raw = bytes_of(p, st[3])
+                    .ok_or_else(|| format!("array data is {}", p.describe(st[3])))?;
                 (shape_of(p, st[0])?, dt, raw, fortran)
             } else if is_numpy(m, "numeric") && n == "_frombuffer" {
                 // numpy's protocol-5 layout: _frombuffer(buffer, dtype, shape, order).
-                let a = p.seq(*args).filter(|a| a.len() == 4).ok_or("_frombuffer needs 4 arguments")?;
-                let raw = bytes_of(p, a[0]).ok_or_else(|| format!("array data is {}", p.describe(a[0])))?;
+                let a = p
+                    .seq(*args)
+                    .filter(|a| a.len() == 4)
+                    .ok_or("_frombuffer needs 4 arguments")?;
+                let raw = bytes_of(p, a[0])
+                    .ok_or_else(|| format!("array data is {}", p.describe(a[0])))?;
                 let fortran = p.str(a[3]) == Some("F");
                 (shape_of(p, a[2])?, dtype(p, a[1])?, raw, fortran)
             } else if is_numpy(m, "multiarray") && n == "scalar" {
                 let x = number(p, v).ok_or("unreadable numpy scalar")?;
-                return Ok(NdArray { shape: vec![], data: vec![x] });
+                return Ok(NdArray {
+                    shape: vec![],
+                    data: vec![x],
+                });
             } else {
                 return Err(format!("is {}, not a numpy array", p.describe(v)));
             }
         }
         _ => return Err(format!("is {}, not a numpy array", p.describe(v))),
     };
-    let count = shape.iter().try_fold(1usize, |a, d| a.checked_mul(*d)).ok_or("shape overflows")?;
+    let count = shape
+        .iter()
+        .try_fold(1usize, |a, d| a.checked_mul(*d))
+        .ok_or("shape overflows")?;
     if count.checked_mul(dt.size) != Some(raw.len()) {
-        return Err(format!("shape {shape:?} needs {count} items but the data has {} bytes", raw.len()));
+        return Err(format!(
+            "shape {shape:?} needs {count} items but the data has {} bytes",
+            raw.len()
+        ));
     }
     let mut data = decode(&dt, &raw)?;
     if fortran && shape.len() == 2 {
@@ -451,23 +627,43 @@ mod tests {
     fn another_class_is_rejected_naming_it() {
         let p = b"\x80\x02csklearn.ensemble._iforest\nIsolationForest\n)\x81}b.";
         let err = Model::from_bytes(p).unwrap_err();
-        assert!(err.to_string().contains("sklearn.ensemble._iforest.IsolationForest"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("sklearn.ensemble._iforest.IsolationForest"),
+            "{err}"
+        );
     }
 
     #[test]
     fn big_endian_and_integer_dtypes_decode() {
-        let dt = DType { kind: 'f', size: 8, big_endian: true };
+        let dt = DType {
+            kind: 'f',
+            size: 8,
+            big_endian: true,
+        };
         assert_eq!(decode(&dt, &1.5f64.to_be_bytes()).unwrap(), vec![1.5]);
-        let dt = DType { kind: 'i', size: 2, big_endian: false };
+        let dt = DType {
+            kind: 'i',
+            size: 2,
+            big_endian: false,
+        };
         assert_eq!(decode(&dt, &(-3i16).to_le_bytes()).unwrap(), vec![-3.0]);
-        let dt = DType { kind: 'i', size: 4, big_endian: true };
-        assert_eq!(decode(&dt, &(-70000i32).to_be_bytes()).unwrap(), vec![-70000.0]);
+        let dt = DType {
+            kind: 'i',
+            size: 4,
+            big_endian: true,
+        };
+        assert_eq!(
+            decode(&dt, &(-70000i32).to_be_bytes()).unwrap(),
+            vec![-70000.0]
+        );
     }
 
     #[test]
     fn protocol_2_latin1_bytes_decode() {
         // _codecs.encode('\x00\xff', 'latin1')
-        let p = b"\x80\x02c_codecs\nencode\nX\x03\x00\x00\x00\x00\xc3\xbfX\x06\x00\x00\x00latin1\x86R.";
+        let p =
+            b"\x80\x02c_codecs\nencode\nX\x03\x00\x00\x00\x00\xc3\xbfX\x06\x00\x00\x00latin1\x86R.";
         let pk = parse(p).unwrap();
         assert_eq!(bytes_of(&pk, pk.root), Some(vec![0x00, 0xff]));
     }

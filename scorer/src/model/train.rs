@@ -32,7 +32,9 @@ impl std::str::FromStr for Gamma {
             "auto" => Ok(Gamma::Auto),
             _ => match s.parse::<f64>() {
                 Ok(g) if g > 0.0 && g.is_finite() => Ok(Gamma::Value(g)),
-                _ => Err(format!("gamma must be scale, auto or a positive number, not {s:?}")),
+                _ => Err(format!(
+                    "gamma must be scale, auto or a positive number, not {s:?}"
+                )),
             },
         }
     }
@@ -53,7 +55,12 @@ pub struct TrainParams {
 
 impl Default for TrainParams {
     fn default() -> Self {
-        TrainParams { nu: 0.5, gamma: Gamma::Scale, tol: 1e-3, max_rows: 4000 }
+        TrainParams {
+            nu: 0.5,
+            gamma: Gamma::Scale,
+            tol: 1e-3,
+            max_rows: 4000,
+        }
     }
 }
 
@@ -99,19 +106,33 @@ pub fn train(x: ArrayView2<f64>, params: &TrainParams) -> Result<Model, TrainErr
         return Err(TrainError::Empty { rows, features: d });
     }
     if !(params.nu > 0.0 && params.nu <= 1.0) {
-        return Err(TrainError::Param { name: "nu", reason: format!("{} is outside (0, 1]", params.nu) });
+        return Err(TrainError::Param {
+            name: "nu",
+            reason: format!("{} is outside (0, 1]", params.nu),
+        });
     }
     if !(params.tol > 0.0 && params.tol.is_finite()) {
-        return Err(TrainError::Param { name: "tol", reason: format!("{} is not positive", params.tol) });
+        return Err(TrainError::Param {
+            name: "tol",
+            reason: format!("{} is not positive", params.tol),
+        });
     }
     if params.max_rows == 0 {
-        return Err(TrainError::Param { name: "max_rows", reason: "is zero".into() });
+        return Err(TrainError::Param {
+            name: "max_rows",
+            reason: "is zero".into(),
+        });
     }
     if let Some((i, _)) = x.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-        return Err(TrainError::NotFinite { row: i / d, feature: i % d });
+        return Err(TrainError::NotFinite {
+            row: i / d,
+            feature: i % d,
+        });
     }
     let x = if rows > params.max_rows {
-        let idx: Vec<usize> = (0..params.max_rows).map(|i| i * rows / params.max_rows).collect();
+        let idx: Vec<usize> = (0..params.max_rows)
+            .map(|i| i * rows / params.max_rows)
+            .collect();
         x.select(Axis(0), &idx)
     } else {
         x.to_owned()
@@ -138,11 +159,20 @@ pub fn train(x: ArrayView2<f64>, params: &TrainParams) -> Result<Model, TrainErr
         Gamma::Scale => {
             let zm = z.sum() / z.len() as f64;
             let var = z.iter().map(|v| (v - zm) * (v - zm)).sum::<f64>() / z.len() as f64;
-            if var > 0.0 { 1.0 / (d as f64 * var) } else { 1.0 }
+            if var > 0.0 {
+                1.0 / (d as f64 * var)
+            } else {
+                1.0
+            }
         }
         Gamma::Auto => 1.0 / d as f64,
         Gamma::Value(g) if g > 0.0 && g.is_finite() => g,
-        Gamma::Value(g) => return Err(TrainError::Param { name: "gamma", reason: format!("{g} is not positive") }),
+        Gamma::Value(g) => {
+            return Err(TrainError::Param {
+                name: "gamma",
+                reason: format!("{g} is not positive"),
+            });
+        }
     };
 
     let dataset = Dataset::from(z.clone());
@@ -162,8 +192,13 @@ pub fn train(x: ArrayView2<f64>, params: &TrainParams) -> Result<Model, TrainErr
     };
 
     // linfa keeps one alpha per training row; its own support vectors are those above 100·eps.
-    let keep: Vec<usize> =
-        svm.alpha.iter().enumerate().filter(|(_, a)| a.abs() > 100.0 * f64::EPSILON).map(|(i, _)| i).collect();
+    let keep: Vec<usize> = svm
+        .alpha
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.abs() > 100.0 * f64::EPSILON)
+        .map(|(i, _)| i)
+        .collect();
     let support_vectors: Array2<f64> = z.select(Axis(0), &keep);
     let dual_coef: Vec<f64> = keep.iter().map(|&i| svm.alpha[i]).collect();
     let model_svm = OneClassSvm {
@@ -188,7 +223,15 @@ pub fn train(x: ArrayView2<f64>, params: &TrainParams) -> Result<Model, TrainErr
             z.nrows()
         )),
     };
-    Model::new(Some(Scaler { mean: Some(mean), scale: Some(scale) }), model_svm, meta).map_err(|e| Box::new(e).into())
+    Model::new(
+        Some(Scaler {
+            mean: Some(mean),
+            scale: Some(scale),
+        }),
+        model_svm,
+        meta,
+    )
+    .map_err(|e| Box::new(e).into())
 }
 
 #[cfg(test)]
@@ -204,27 +247,49 @@ mod tests {
             s ^= s << 17;
             (s >> 11) as f64 / (1u64 << 53) as f64
         };
-        Array2::from_shape_fn((n, d), |_| 100.0 + 3.0 * ((0..4).map(|_| uniform()).sum::<f64>() - 2.0))
+        Array2::from_shape_fn((n, d), |_| {
+            100.0 + 3.0 * ((0..4).map(|_| uniform()).sum::<f64>() - 2.0)
+        })
     }
 
     #[test]
     fn a_trained_model_flags_far_points_and_accepts_central_ones() {
         let x = blob(300, 2);
-        let m = train(x.view(), &TrainParams { nu: 0.1, ..TrainParams::default() }).unwrap();
+        let m = train(
+            x.view(),
+            &TrainParams {
+                nu: 0.1,
+                ..TrainParams::default()
+            },
+        )
+        .unwrap();
         assert!(m.n_support_vectors() > 0);
         let probe = ndarray::array![[100.0, 100.0], [160.0, 40.0]];
         let dec = m.decision_function(probe.view()).unwrap();
         assert!(dec[0] > 0.0, "centre scored {}", dec[0]);
         assert!(dec[1] < 0.0, "far point scored {}", dec[1]);
         // Roughly nu of the training rows are outliers.
-        let out = m.decision_function(x.view()).unwrap().iter().filter(|d| **d <= 0.0).count();
+        let out = m
+            .decision_function(x.view())
+            .unwrap()
+            .iter()
+            .filter(|d| **d <= 0.0)
+            .count();
         assert!(out <= 60, "{out} training outliers");
     }
 
     #[test]
     fn a_trained_model_survives_the_native_format() {
         let x = blob(120, 1);
-        let m = train(x.view(), &TrainParams { nu: 0.2, gamma: Gamma::Auto, ..TrainParams::default() }).unwrap();
+        let m = train(
+            x.view(),
+            &TrainParams {
+                nu: 0.2,
+                gamma: Gamma::Auto,
+                ..TrainParams::default()
+            },
+        )
+        .unwrap();
         let back = Model::from_bytes(&m.to_native_bytes().unwrap()).unwrap();
         let a = m.decision_function(x.view()).unwrap();
         let b = back.decision_function(x.view()).unwrap();
@@ -235,7 +300,14 @@ mod tests {
     #[test]
     fn bad_parameters_are_errors_naming_them() {
         let x = blob(10, 1);
-        let err = train(x.view(), &TrainParams { nu: 1.5, ..TrainParams::default() }).unwrap_err();
+        let err = train(
+            x.view(),
+            &TrainParams {
+                nu: 1.5,
+                ..TrainParams::default()
+            },
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("nu"));
         let mut y = x.clone();
         y[[3, 0]] = f64::NAN;
