@@ -25,37 +25,11 @@ use fleetscore_testenv::TestEnv;
 use fleetscore_testenv::events::event_notes;
 use fleetscore_testenv::wait::eventually;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, CustomResourceExt};
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-async fn install_crd(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = ScoringRun::crd();
-    let name = crd.metadata.name.clone().unwrap();
-    crds.patch(
-        &name,
-        &PatchParams::apply("fleetscore-test-crds").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .unwrap();
-    let established = |c: &CustomResourceDefinition| {
-        c.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            })
-    };
-    fleetscore_testenv::wait_for(&crds, &name, "be established", established, TIMEOUT)
-        .await
-        .unwrap();
-}
 
 /// A Job of `run` whose pod selects a pool no node has: it stays Pending, as on AKS before
 /// the pool grows.
@@ -126,7 +100,7 @@ async fn the_aks_pool_grows_with_the_jobs_and_shrinks_after_the_delay_through_ar
     let Some(env) = TestEnv::for_test().await else {
         return;
     };
-    install_crd(&env.client).await;
+    fleetscore_testenv::install_crds(&env.client).await;
     env.with_temp_ns(|client, ns| async move {
         let fake = FakeArm::start(0, false).await;
         let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
@@ -164,7 +138,7 @@ async fn a_pool_with_the_cluster_autoscaler_enabled_is_never_scaled_and_the_run_
     let Some(env) = TestEnv::for_test().await else {
         return;
     };
-    install_crd(&env.client).await;
+    fleetscore_testenv::install_crds(&env.client).await;
     env.with_temp_ns(|client, ns| async move {
         let fake = FakeArm::start(1, true).await;
         let runs: Api<ScoringRun> = Api::namespaced(client.clone(), &ns);

@@ -25,42 +25,11 @@ use fleetscore_testenv::events::event_notes;
 use fleetscore_testenv::wait::eventually;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, CustomResourceExt};
+use kube::{Api, Client};
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
-
-/// Installs the ScoringRun and ScoringSchedule CRDs (idempotent) and waits until they are served.
-async fn install_crd(client: &Client) {
-    install_one_crd(client, ScoringRun::crd()).await;
-    install_one_crd(client, ScoringSchedule::crd()).await;
-}
-
-async fn install_one_crd(client: &Client, crd: CustomResourceDefinition) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let name = crd.metadata.name.clone().unwrap();
-    crds.patch(
-        &name,
-        &PatchParams::apply("fleetscore-test-crds").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .unwrap();
-    let established = |c: &CustomResourceDefinition| {
-        c.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            })
-    };
-    fleetscore_testenv::wait_for(&crds, &name, "be established", established, TIMEOUT)
-        .await
-        .unwrap();
-}
 
 /// A scorer-like Job of `run` that targets `pool` and stays Running for `run_for`.
 fn job(name: &str, run: &str, pool: &str, run_for: &str) -> Job {
@@ -218,7 +187,7 @@ async fn a_run_scales_the_pool_from_zero_to_n_and_back_to_zero_and_reports_it() 
     let Some(env) = TestEnv::for_test().await else {
         return;
     };
-    install_crd(&env.client).await;
+    fleetscore_testenv::install_crds(&env.client).await;
     let pool = "scale-zero-n";
     env.with_temp_ns(|client, ns| async move {
         create_run(&client, &ns, "r1").await;
@@ -359,7 +328,7 @@ async fn scale_down_waits_for_the_delay_and_never_strands_an_active_job() {
     let Some(env) = TestEnv::for_test().await else {
         return;
     };
-    install_crd(&env.client).await;
+    fleetscore_testenv::install_crds(&env.client).await;
     let pool = "no-strand";
     env.with_temp_ns(|client, ns| async move {
         let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
@@ -440,7 +409,7 @@ async fn two_overlapping_runs_share_the_pool() {
     let Some(env) = TestEnv::for_test().await else {
         return;
     };
-    install_crd(&env.client).await;
+    fleetscore_testenv::install_crds(&env.client).await;
     let pool = "shared";
     env.with_temp_ns(|client, ns| async move {
         let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
@@ -496,7 +465,7 @@ async fn a_schedule_prewarms_the_pool_before_its_next_slot() {
     let Some(env) = TestEnv::for_test().await else {
         return;
     };
-    install_crd(&env.client).await;
+    fleetscore_testenv::install_crds(&env.client).await;
     let pool = "prewarm";
     env.with_temp_ns(|client, ns| async move {
         // Every minute, 3 sensors in one-sensor Jobs: the next run needs 3 Jobs = 2 nodes.
@@ -537,7 +506,7 @@ async fn the_run_controllers_jobs_wait_for_the_pool_and_the_run_reports_its_node
     let Some(env) = TestEnv::for_test().await else {
         return;
     };
-    install_crd(&env.client).await;
+    fleetscore_testenv::install_crds(&env.client).await;
     let pool = "e2e";
     env.with_temp_ns(|client, ns| async move {
         let run_config = RunConfig {
