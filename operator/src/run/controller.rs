@@ -893,6 +893,159 @@ pub fn rerun_name(run: &str, value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::run::metrics::RunMetrics;
+    use http::{Request, Response};
+    use kube::client::Body;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    /// A context whose client talks to a mock API server (the returned handle).
+    fn mock_context() -> (Arc<Context>, Handle) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "ns");
+        let config = super::super::context::RunConfig {
+            read_ledger: false,
+            ..Default::default()
+        };
+        (
+            Arc::new(Context::new(
+                client,
+                Arc::new(RunMetrics::default()),
+                config,
+            )),
+            handle,
+        )
+    }
+
+    fn test_run(status: serde_json::Value) -> ScoringRun {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "fleetscore.dev/v1alpha1", "kind": "ScoringRun",
+            "metadata": { "name": "r", "namespace": "ns", "uid": "uid-1", "resourceVersion": "7", "generation": 1 },
+            "spec": {
+                "sensors": { "devices": ["1"], "tags": ["1", "2"] },
+                "storage": { "models": "m", "data": "d/parts", "output": "o" },
+                "parallelism": 2,
+            },
+            "status": status,
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn ok(value: &impl serde::Serialize) -> Response<Body> {
+        Response::builder()
+            .body(Body::from(serde_json::to_vec(value).unwrap_or_default()))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Answers requests in arrival order, recording `METHOD path` for each, until `n` were seen.
+    async fn serve(
+        mut handle: Handle,
+        run: ScoringRun,
+        jobs: Vec<Job>,
+        n: usize,
+    ) -> Vec<(String, serde_json::Value)> {
+        let mut seen = Vec::new();
+        while seen.len() < n {
+            let Some((req, send)) = handle.next_request().await else {
+                break;
+            };
+            let line = format!("{} {}", req.method(), req.uri().path());
+            let body = req.into_body().collect_bytes().await.unwrap_or_default();
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let reply = if line.ends_with("/scoringruns/r") && line.starts_with("GET") {
+                ok(&run)
+            } else if line.starts_with("GET") && line.ends_with("/jobs") {
+                ok(
+                    &serde_json::json!({ "apiVersion": "batch/v1", "kind": "JobList", "metadata": {}, "items": jobs }),
+                )
+            } else if line.contains("/events") {
+                ok(
+                    &serde_json::json!({ "apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": { "name": "e" }, "eventTime": null }),
+                )
+            } else if line.ends_with("/status") {
+                ok(&run)
+            } else {
+                ok(&json)
+            };
+            send.send_response(reply);
+            seen.push((line, json));
+        }
+        seen
+    }
+
+    #[tokio::test]
+    async fn a_new_run_creates_its_jobs_before_it_writes_the_status_conditionally_and_owns_no_scaler_field()
+     {
+        let (ctx, handle) = mock_context();
+        let run = test_run(serde_json::json!(null));
+        let server = tokio::spawn(serve(handle, run.clone(), vec![], 6));
+        let action = reconcile(Arc::new(run), ctx).await;
+        assert!(action.is_ok(), "{action:?}");
+        let seen = server.await.unwrap_or_default();
+        let lines: Vec<&str> = seen.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(
+            lines[0],
+            "GET /apis/fleetscore.dev/v1alpha1/namespaces/ns/scoringruns/r"
+        );
+        assert_eq!(lines[1], "GET /apis/batch/v1/namespaces/ns/jobs");
+        assert!(
+            lines[2..4]
+                .iter()
+                .all(|l| *l == "POST /apis/batch/v1/namespaces/ns/jobs"),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lines[4],
+            "PATCH /apis/fleetscore.dev/v1alpha1/namespaces/ns/scoringruns/r/status"
+        );
+        let status_body = &seen[4].1;
+        assert_eq!(
+            status_body["metadata"]["resourceVersion"], "7",
+            "the write is conditional on what was read"
+        );
+        assert_eq!(status_body["status"]["nextBatch"], 2);
+        assert!(status_body["status"].get("scaler").is_none());
+        assert!(lines[5].contains("/events"), "events come last: {lines:?}");
+    }
+
+    #[tokio::test]
+    async fn a_finished_job_is_marked_for_removal_only_after_its_outcome_is_in_the_status() {
+        let (ctx, handle) = mock_context();
+        let started = serde_json::json!({ "phase": "Running", "startTime": "2026-12-02T10:00:00Z", "total": 2, "nextBatch": 2, "totalBatches": 2 });
+        let run = test_run(started);
+        let sensors = [SensorRef {
+            device: "1".into(),
+            tag: "1".into(),
+        }];
+        let mut job = jobs::scoring_job(&run, 0, &sensors, "d/parts");
+        job.status = Some(k8s_openapi::api::batch::v1::JobStatus {
+            conditions: Some(vec![k8s_openapi::api::batch::v1::JobCondition {
+                type_: "Complete".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        let mut running = jobs::scoring_job(&run, 1, &sensors, "d/parts");
+        running.metadata.name = Some(naming::batch_job_name(&run, 1));
+        let server = tokio::spawn(serve(handle, run.clone(), vec![job, running], 4));
+        let action = reconcile(Arc::new(run), ctx).await;
+        assert!(action.is_ok(), "{action:?}");
+        let seen = server.await.unwrap_or_default();
+        let lines: Vec<&str> = seen.iter().map(|(l, _)| l.as_str()).collect();
+        let status_at = lines
+            .iter()
+            .position(|l| l.ends_with("/scoringruns/r/status"));
+        let mark_at = lines
+            .iter()
+            .position(|l| l.starts_with("PATCH /apis/batch/v1/namespaces/ns/jobs/"));
+        assert!(status_at.is_some() && mark_at.is_some(), "{lines:?}");
+        assert!(
+            status_at < mark_at,
+            "status first, then the TTL mark: {lines:?}"
+        );
+        assert_eq!(seen[status_at.unwrap_or(0)].1["status"]["succeeded"], 1);
+    }
 
     #[test]
     fn sensor_lists_read_back_as_written() {
