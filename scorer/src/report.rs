@@ -569,7 +569,7 @@ if(m)sortBy(m[1],m[2]||"desc");else sortBy("rate","desc");
   var fig=el("figure",{"class":"plot","data-sensor":p.sensor});
   var vs=p.v.concat(p.av),lo=Math.min.apply(null,vs),hi=Math.max.apply(null,vs);if(!(hi>lo)){hi=lo+1;lo=lo-1;}
   var n=Math.max(1,p.n-1),X=function(i){return L+(W-L-R)*i/n;},Y=function(v){return Tp+(H-Tp-B)*(1-(v-lo)/(hi-lo));};
-  var svg=sv("svg",{width:"100%",viewBox:"0 0 "+W+" "+H,preserveAspectRatio:"none",role:"img"});
+  var svg=sv("svg",{width:"100%",viewBox:"0 0 "+W+" "+H,role:"img"});
   svg.appendChild(sv("rect",{x:L,y:Tp,width:W-L-R,height:H-Tp-B,fill:"#fafbfc",stroke:"#d5d9e0"}));
   svg.appendChild(sv("text",{x:L-4,y:Tp+8,"text-anchor":"end"},fmt(+hi.toPrecision(4))));
   svg.appendChild(sv("text",{x:L-4,y:H-B,"text-anchor":"end"},fmt(+lo.toPrecision(4))));
