@@ -60,7 +60,12 @@ pub struct ReportLimits {
 
 impl Default for ReportLimits {
     fn default() -> Self {
-        Self { plotted_sensors: 24, points_per_plot: 600, anomaly_marks: 300, heatmap_devices: 200 }
+        Self {
+            plotted_sensors: 24,
+            points_per_plot: 600,
+            anomaly_marks: 300,
+            heatmap_devices: 200,
+        }
     }
 }
 
@@ -109,7 +114,13 @@ impl SensorRow {
             rows: r.rows,
             anomalies: r.anomalies,
             skipped: r.skipped_rows,
-            ms: [r.timings.read_ms, r.timings.parse_ms, r.timings.score_ms, r.timings.write_ms].map(round1),
+            ms: [
+                r.timings.read_ms,
+                r.timings.parse_ms,
+                r.timings.score_ms,
+                r.timings.write_ms,
+            ]
+            .map(round1),
             outcome: match r.outcome {
                 Outcome::Succeeded => "Succeeded".into(),
                 Outcome::Failed => "Failed".into(),
@@ -120,7 +131,11 @@ impl SensorRow {
 
     /// Anomalies per row (0 without rows).
     pub fn rate(&self) -> f64 {
-        if self.rows == 0 { 0.0 } else { self.anomalies as f64 / self.rows as f64 }
+        if self.rows == 0 {
+            0.0
+        } else {
+            self.anomalies as f64 / self.rows as f64
+        }
     }
 }
 
@@ -197,7 +212,10 @@ pub async fn collect(
         .map(|loc| async move {
             // An unreadable record is left out here; the sensor still shows via summary.json's
             // failures, and the page counts the sensors it could not find.
-            loc.get().await.ok().and_then(|b| serde_json::from_slice::<SensorRecord>(&b).ok())
+            loc.get()
+                .await
+                .ok()
+                .and_then(|b| serde_json::from_slice::<SensorRecord>(&b).ok())
         })
         .buffered(READ_CONCURRENCY)
         .collect()
@@ -210,14 +228,36 @@ pub async fn collect(
     for f in summary_failures(summary) {
         let (sensor, reason) = f;
         rows.entry(sensor.clone()).or_insert_with(|| {
-            let (device, tag) = sensor.split_once(':').map_or((sensor.clone(), String::new()), |(d, t)| (d.into(), t.into()));
-            SensorRow { sensor, device, tag, rows: 0, anomalies: 0, skipped: 0, ms: [0.0; 4], outcome: "Failed".into(), reason }
+            let (device, tag) = sensor
+                .split_once(':')
+                .map_or((sensor.clone(), String::new()), |(d, t)| {
+                    (d.into(), t.into())
+                });
+            SensorRow {
+                sensor,
+                device,
+                tag,
+                rows: 0,
+                anomalies: 0,
+                skipped: 0,
+                ms: [0.0; 4],
+                outcome: "Failed".into(),
+                reason,
+            }
         });
     }
     let sensors: Vec<SensorRow> = rows.into_values().collect();
 
-    let mut ranked: Vec<&SensorRow> = sensors.iter().filter(|s| s.outcome == "Succeeded" && s.rows > 0).collect();
-    ranked.sort_by(|a, b| b.rate().total_cmp(&a.rate()).then_with(|| b.anomalies.cmp(&a.anomalies)).then_with(|| a.sensor.cmp(&b.sensor)));
+    let mut ranked: Vec<&SensorRow> = sensors
+        .iter()
+        .filter(|s| s.outcome == "Succeeded" && s.rows > 0)
+        .collect();
+    ranked.sort_by(|a, b| {
+        b.rate()
+            .total_cmp(&a.rate())
+            .then_with(|| b.anomalies.cmp(&a.anomalies))
+            .then_with(|| a.sensor.cmp(&b.sensor))
+    });
     ranked.truncate(limits.plotted_sensors);
     let wanted: Vec<(String, Location)> = ranked
         .iter()
@@ -231,7 +271,12 @@ pub async fn collect(
     let plots: Vec<Plot> = futures::stream::iter(wanted)
         .map(|(sensor, loc)| async move {
             let bytes = loc.get().await.ok()?;
-            Some(downsample(&sensor, &bytes, limits.points_per_plot, limits.anomaly_marks))
+            Some(downsample(
+                &sensor,
+                &bytes,
+                limits.points_per_plot,
+                limits.anomaly_marks,
+            ))
         })
         .buffered(READ_CONCURRENCY)
         .filter_map(|p| async move { p })
@@ -253,7 +298,9 @@ pub async fn collect(
 
 /// `(sensor, reason: message)` of each entry of summary.json's `failedSensors`.
 fn summary_failures(summary: &Value) -> Vec<(String, String)> {
-    let Some(list) = summary.get("failedSensors").and_then(Value::as_array) else { return Vec::new() };
+    let Some(list) = summary.get("failedSensors").and_then(Value::as_array) else {
+        return Vec::new();
+    };
     list.iter()
         .filter_map(|f| {
             let sensor = f.get("sensor")?.as_str()?.to_string();
@@ -281,7 +328,8 @@ pub fn downsample(sensor: &str, csv: &[u8], points: usize, marks: usize) -> Plot
         // Val, Prediction and Score are numbers, never quoted: split them off the right, so a
         // quoted Device or Tag with commas cannot shift them.
         let mut right = line.rsplitn(4, ',');
-        let (Some(_score), Some(pred), Some(val), Some(rest)) = (right.next(), right.next(), right.next(), right.next())
+        let (Some(_score), Some(pred), Some(val), Some(rest)) =
+            (right.next(), right.next(), right.next(), right.next())
         else {
             continue;
         };
@@ -318,7 +366,11 @@ pub fn downsample(sensor: &str, csv: &[u8], points: usize, marks: usize) -> Plot
                     imax = i;
                 }
             }
-            let (a, c) = if imin <= imax { (imin, imax) } else { (imax, imin) };
+            let (a, c) = if imin <= imax {
+                (imin, imax)
+            } else {
+                (imax, imin)
+            };
             x.push(lo + a);
             v.push(slice[a]);
             if c != a {
@@ -331,7 +383,9 @@ pub fn downsample(sensor: &str, csv: &[u8], points: usize, marks: usize) -> Plot
     let kept: Vec<usize> = if anomalies.len() <= marks {
         anomalies
     } else {
-        (0..marks).map(|i| anomalies[i * anomalies.len() / marks]).collect()
+        (0..marks)
+            .map(|i| anomalies[i * anomalies.len() / marks])
+            .collect()
     };
     Plot {
         sensor: sensor.to_string(),
@@ -371,15 +425,21 @@ fn first_field(s: &str) -> String {
 /// The page: a static shell plus the data as JSON, drawn by the embedded script.
 pub fn render(data: &ReportData) -> String {
     // `<` is escaped so no sensor name or error text can close the script element.
-    let json = serde_json::to_string(data).unwrap_or_else(|_| "{}".into()).replace('<', "\\u003c");
+    let json = serde_json::to_string(data)
+        .unwrap_or_else(|_| "{}".into())
+        .replace('<', "\\u003c");
     let title = html_escape(&format!("fleetscore run {}", data.run));
     let mut page = String::with_capacity(json.len() + PAGE_CSS.len() + PAGE_JS.len() + 2048);
     page.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n");
     page.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
     // No network: a page opened from blob storage must not fetch anything.
     page.push_str("<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\">\n");
-    page.push_str(&format!("<title>{title}</title>\n<style>{PAGE_CSS}</style></head>\n<body>\n"));
-    page.push_str(&format!("<header><h1>{title}</h1><div id=\"headline\"></div></header>\n"));
+    page.push_str(&format!(
+        "<title>{title}</title>\n<style>{PAGE_CSS}</style></head>\n<body>\n"
+    ));
+    page.push_str(&format!(
+        "<header><h1>{title}</h1><div id=\"headline\"></div></header>\n"
+    ));
     page.push_str(PAGE_BODY);
     page.push_str("<script id=\"report-data\" type=\"application/json\">");
     page.push_str(&json);
@@ -390,7 +450,10 @@ pub fn render(data: &ReportData) -> String {
 }
 
 fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Builds `<run>/report.html` under `store` (the run's `storage.output`) from the run's ledger,
@@ -403,7 +466,14 @@ pub async fn write_report(
     timeline: Option<&Value>,
 ) -> Result<ReportInfo, ReportError> {
     let run_dir = store.child(run_name);
-    write_report_in(&run_dir, run_name, summary_json, timeline, ReportLimits::default()).await
+    write_report_in(
+        &run_dir,
+        run_name,
+        summary_json,
+        timeline,
+        ReportLimits::default(),
+    )
+    .await
 }
 
 /// [`write_report`] for a run directory (`<output>/<run>`) with explicit limits.
@@ -422,7 +492,12 @@ pub async fn write_report_in(
     let data = collect(run_dir, run_name, summary_json, timeline, limits).await?;
     let page = render(&data);
     let loc = run_dir.child(REPORT_FILE);
-    let info = ReportInfo { url: loc.url.clone(), sensors: data.sensors.len(), plots: data.plots.len(), bytes: page.len() };
+    let info = ReportInfo {
+        url: loc.url.clone(),
+        sensors: data.sensors.len(),
+        plots: data.plots.len(),
+        bytes: page.len(),
+    };
     loc.put(Bytes::from(page)).await?;
     Ok(info)
 }
@@ -433,13 +508,17 @@ pub async fn rebuild(run_dir_url: &str) -> Result<ReportInfo, ReportError> {
     let run_dir = crate::storage::open(run_dir_url.trim_end_matches('/'))?;
     let summary_loc = run_dir.child(SUMMARY_FILE);
     let bytes = summary_loc.get().await?;
-    let summary: Value =
-        serde_json::from_slice(&bytes).map_err(|source| ReportError::Json { file: summary_loc.url.clone(), source })?;
+    let summary: Value = serde_json::from_slice(&bytes).map_err(|source| ReportError::Json {
+        file: summary_loc.url.clone(),
+        source,
+    })?;
     let timeline_loc = run_dir.child(TIMELINE_FILE);
     let timeline = match timeline_loc.get().await {
         Ok(b) => Some(
-            serde_json::from_slice::<Value>(&b)
-                .map_err(|source| ReportError::Json { file: timeline_loc.url.clone(), source })?,
+            serde_json::from_slice::<Value>(&b).map_err(|source| ReportError::Json {
+                file: timeline_loc.url.clone(),
+                source,
+            })?,
         ),
         Err(_) => None,
     };
@@ -447,8 +526,22 @@ pub async fn rebuild(run_dir_url: &str) -> Result<ReportInfo, ReportError> {
         .get("run")
         .and_then(Value::as_str)
         .map(str::to_string)
-        .unwrap_or_else(|| run_dir_url.trim_end_matches('/').rsplit('/').next().unwrap_or_default().to_string());
-    write_report_in(&run_dir, &run_name, &summary, timeline.as_ref(), ReportLimits::default()).await
+        .unwrap_or_else(|| {
+            run_dir_url
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        });
+    write_report_in(
+        &run_dir,
+        &run_name,
+        &summary,
+        timeline.as_ref(),
+        ReportLimits::default(),
+    )
+    .await
 }
 
 const PAGE_BODY: &str = r###"<nav><a href="#overview">Overview</a> <a href="#heatmap-section">Heat map</a> <a href="#table-section">Sensors</a> <a href="#plots-section">Time series</a> <a href="#failed-section">Failed</a> <a href="#timeline-section">Timeline</a></nav>
@@ -630,11 +723,23 @@ mod tests {
     use crate::output::{PredsWriter, Timings};
     use crate::sensor::SensorId;
 
-    fn record(run: &str, d: &str, t: &str, rows: usize, anomalies: usize, fail: Option<&str>) -> SensorRecord {
+    fn record(
+        run: &str,
+        d: &str,
+        t: &str,
+        rows: usize,
+        anomalies: usize,
+        fail: Option<&str>,
+    ) -> SensorRecord {
         let mut r = SensorRecord::new(run, &SensorId::new(d, t));
         r.rows = rows;
         r.anomalies = anomalies;
-        r.timings = Timings { read_ms: 1.25, parse_ms: 2.0, score_ms: 3.0, write_ms: 4.0 };
+        r.timings = Timings {
+            read_ms: 1.25,
+            parse_ms: 2.0,
+            score_ms: 3.0,
+            write_ms: 4.0,
+        };
         if let Some(e) = fail {
             r.fail(e);
         }
@@ -647,16 +752,27 @@ mod tests {
         let mut w = PredsWriter::new(&id, 10_000);
         for i in 0..10_000 {
             let spike = i == 5_001;
-            w.row(format!("2018-08-28 {i}").as_bytes(), if spike { 900.0 } else { (i % 7) as f64 }, spike || i % 10 == 0, 0.0);
+            w.row(
+                format!("2018-08-28 {i}").as_bytes(),
+                if spike { 900.0 } else { (i % 7) as f64 },
+                spike || i % 10 == 0,
+                0.0,
+            );
         }
         let p = downsample("1:4", &w.finish(), 100, 50);
         assert_eq!(p.n, 10_000);
         assert!(p.x.len() <= 100 && p.x.len() == p.v.len(), "{}", p.x.len());
         assert!(p.v.contains(&900.0), "the spike survives downsampling");
-        assert!(p.x.windows(2).all(|w| w[0] < w[1]), "points stay in row order");
+        assert!(
+            p.x.windows(2).all(|w| w[0] < w[1]),
+            "points stay in row order"
+        );
         assert_eq!(p.anomalies, 1_001);
         assert_eq!(p.ax.len(), 50);
-        assert_eq!(p.t, ["2018-08-28 0".to_string(), "2018-08-28 9999".to_string()]);
+        assert_eq!(
+            p.t,
+            ["2018-08-28 0".to_string(), "2018-08-28 9999".to_string()]
+        );
     }
 
     #[test]
@@ -675,17 +791,45 @@ mod tests {
             run: "r<1>".into(),
             summary: serde_json::json!({"total": 1}),
             timeline: Value::Null,
-            sensors: vec![SensorRow::from_record(&record("r", "</script><b>", "4", 10, 1, Some("bad </script>")))],
+            sensors: vec![SensorRow::from_record(&record(
+                "r",
+                "</script><b>",
+                "4",
+                10,
+                1,
+                Some("bad </script>"),
+            ))],
             plots: vec![],
-            limits: Limits { plotted: 1, points: 10, heatmap_devices: 5 },
+            limits: Limits {
+                plotted: 1,
+                points: 10,
+                heatmap_devices: 5,
+            },
         };
         let page = render(&data);
-        assert_eq!(page.matches("</script>").count(), 2, "only our own two script elements close");
+        assert_eq!(
+            page.matches("</script>").count(),
+            2,
+            "only our own two script elements close"
+        );
         assert!(page.contains("<title>fleetscore run r&lt;1&gt;</title>"));
-        for remote in ["http://", "https://", "src=\"", "href=\"http", "@import", "url("] {
-            let hits: Vec<_> = page.match_indices(remote).map(|(i, _)| &page[i.saturating_sub(30)..(i + 40).min(page.len())]).collect();
+        for remote in [
+            "http://",
+            "https://",
+            "src=\"",
+            "href=\"http",
+            "@import",
+            "url(",
+        ] {
+            let hits: Vec<_> = page
+                .match_indices(remote)
+                .map(|(i, _)| &page[i.saturating_sub(30)..(i + 40).min(page.len())])
+                .collect();
             // The SVG namespace string is an identifier, not a fetch.
-            assert!(hits.iter().all(|h| h.contains("www.w3.org/2000/svg")), "{remote}: {hits:?}");
+            assert!(
+                hits.iter().all(|h| h.contains("www.w3.org/2000/svg")),
+                "{remote}: {hits:?}"
+            );
         }
     }
 
@@ -695,26 +839,52 @@ mod tests {
         let out = crate::storage::open(dir.path().to_str().unwrap()).unwrap();
         let run = "run-1";
         let mut records = Vec::new();
-        for (d, t, rows, anomalies, fail) in [("1", "4", 100, 7, None), ("2", "4", 100, 0, None), ("3", "4", 0, 0, Some("no model found"))] {
+        for (d, t, rows, anomalies, fail) in [
+            ("1", "4", 100, 7, None),
+            ("2", "4", 100, 0, None),
+            ("3", "4", 0, 0, Some("no model found")),
+        ] {
             let r = record(run, d, t, rows, anomalies, fail);
-            out.child(&crate::output::log_path(run, &SensorId::new(d, t))).put(Bytes::from(r.to_json_line())).await.unwrap();
+            out.child(&crate::output::log_path(run, &SensorId::new(d, t)))
+                .put(Bytes::from(r.to_json_line()))
+                .await
+                .unwrap();
             if fail.is_none() {
                 let mut w = PredsWriter::new(&SensorId::new(d, t), rows);
                 for i in 0..rows {
                     w.row(format!("t{i}").as_bytes(), i as f64, i < anomalies, 0.0);
                 }
-                out.child(&crate::output::preds_path(run, &SensorId::new(d, t))).put(Bytes::from(w.finish())).await.unwrap();
+                out.child(&crate::output::preds_path(run, &SensorId::new(d, t)))
+                    .put(Bytes::from(w.finish()))
+                    .await
+                    .unwrap();
             }
             records.push(r);
         }
         let summary = serde_json::json!({"run": run, "phase": "PartiallySucceeded", "total": 4, "succeeded": 2, "failed": 2,
             "failedSensors": [{"sensor": "3:4", "reason": "ScorerFailed", "message": "no model found"},
                               {"sensor": "9:9", "reason": "PodFailed", "message": "OOMKilled"}]});
-        out.child(&format!("{run}/summary.json")).put(Bytes::from(summary.to_string())).await.unwrap();
+        out.child(&format!("{run}/summary.json"))
+            .put(Bytes::from(summary.to_string()))
+            .await
+            .unwrap();
         let timeline = serde_json::json!({"nodesPeak": 3, "timeToFirstPodRunningSeconds": 12.5});
-        let info = write_report(&out, run, &summary, Some(&timeline)).await.unwrap();
-        assert_eq!((info.sensors, info.plots), (4, 2), "3 records + 1 failure without a record; 2 plots");
-        let page = String::from_utf8(out.child(&format!("{run}/report.html")).get().await.unwrap().to_vec()).unwrap();
+        let info = write_report(&out, run, &summary, Some(&timeline))
+            .await
+            .unwrap();
+        assert_eq!(
+            (info.sensors, info.plots),
+            (4, 2),
+            "3 records + 1 failure without a record; 2 plots"
+        );
+        let page = String::from_utf8(
+            out.child(&format!("{run}/report.html"))
+                .get()
+                .await
+                .unwrap()
+                .to_vec(),
+        )
+        .unwrap();
         assert!(page.contains("\"sensor\":\"9:9\"") && page.contains("OOMKilled"));
         assert!(page.contains("\"nodesPeak\":3"));
 
@@ -722,25 +892,52 @@ mod tests {
         let url = format!("{}/{run}", dir.path().display());
         let again = rebuild(&url).await.unwrap();
         assert_eq!((again.sensors, again.plots), (4, 2));
-        let rebuilt = String::from_utf8(out.child(&format!("{run}/report.html")).get().await.unwrap().to_vec()).unwrap();
-        assert!(rebuilt.contains("\"nodesPeak\":3"), "the timeline comes back from timeline.json");
+        let rebuilt = String::from_utf8(
+            out.child(&format!("{run}/report.html"))
+                .get()
+                .await
+                .unwrap()
+                .to_vec(),
+        )
+        .unwrap();
+        assert!(
+            rebuilt.contains("\"nodesPeak\":3"),
+            "the timeline comes back from timeline.json"
+        );
 
-        let err = rebuild(&format!("{}/nothing", dir.path().display())).await.unwrap_err().to_string();
+        let err = rebuild(&format!("{}/nothing", dir.path().display()))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("summary.json"), "{err}");
     }
 
     #[test]
     fn a_ten_thousand_sensor_report_stays_small() {
         let sensors: Vec<SensorRow> = (0..10_000)
-            .map(|i| SensorRow::from_record(&record("big", &format!("{}", i / 10), &format!("{}", i % 10), 1440, i % 13, None)))
+            .map(|i| {
+                SensorRow::from_record(&record(
+                    "big",
+                    &format!("{}", i / 10),
+                    &format!("{}", i % 10),
+                    1440,
+                    i % 13,
+                    None,
+                ))
+            })
             .collect();
-        let plot = downsample("0:0", &{
-            let mut w = PredsWriter::new(&SensorId::new("0", "0"), 1440);
-            for i in 0..1440 {
-                w.row(b"2018-08-28 00:00:00.000", i as f64, i % 3 == 0, 0.0);
-            }
-            w.finish()
-        }, 600, 300);
+        let plot = downsample(
+            "0:0",
+            &{
+                let mut w = PredsWriter::new(&SensorId::new("0", "0"), 1440);
+                for i in 0..1440 {
+                    w.row(b"2018-08-28 00:00:00.000", i as f64, i % 3 == 0, 0.0);
+                }
+                w.finish()
+            },
+            600,
+            300,
+        );
         let limits = ReportLimits::default();
         let data = ReportData {
             run: "big".into(),
@@ -748,7 +945,11 @@ mod tests {
             timeline: Value::Null,
             sensors,
             plots: vec![plot; limits.plotted_sensors],
-            limits: Limits { plotted: limits.plotted_sensors, points: limits.points_per_plot, heatmap_devices: limits.heatmap_devices },
+            limits: Limits {
+                plotted: limits.plotted_sensors,
+                points: limits.points_per_plot,
+                heatmap_devices: limits.heatmap_devices,
+            },
         };
         let page = render(&data);
         assert!(page.len() < 3_000_000, "{} bytes", page.len());

@@ -44,9 +44,13 @@ async fn install_crds(client: &Client) {
         let text = std::fs::read_to_string(repo().join("crds").join(file)).unwrap();
         let crd: CustomResourceDefinition = serde_yaml::from_str(&text).unwrap();
         let name = crd.name_any();
-        crds.patch(&name, &PatchParams::apply("fleetscore-test").force(), &Patch::Apply(&crd))
-            .await
-            .unwrap();
+        crds.patch(
+            &name,
+            &PatchParams::apply("fleetscore-test").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap();
         wait_for(
             &crds,
             &name,
@@ -55,7 +59,10 @@ async fn install_crds(client: &Client) {
                 c.status
                     .as_ref()
                     .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"))
+                    .is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True")
+                    })
             },
             Duration::from_secs(30),
         )
@@ -65,7 +72,11 @@ async fn install_crds(client: &Client) {
 }
 
 fn cli(bin: &Path, env: &TestEnv, args: &[&str]) -> Output {
-    Command::new(bin).env("KUBECONFIG", env.kubeconfig()).args(args).output().unwrap()
+    Command::new(bin)
+        .env("KUBECONFIG", env.kubeconfig())
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn stdout(out: &Output) -> String {
@@ -74,7 +85,9 @@ fn stdout(out: &Output) -> String {
 
 #[tokio::test]
 async fn describe_logs_and_rerun_work_on_a_finished_run_also_as_a_kubectl_plugin() {
-    let Some(env) = TestEnv::for_test().await else { return };
+    let Some(env) = TestEnv::for_test().await else {
+        return;
+    };
     let Some(bin) = fleetscore_binary() else {
         skip_or_fail("the fleetscore binary is not built (cargo build -p fleetscore-operator)");
         return;

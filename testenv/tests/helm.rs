@@ -696,8 +696,15 @@ async fn a_namespaced_install_completes_a_run_with_only_its_role() {
 /// `helm template` of the chart with `sets`, as parsed YAML documents.
 fn rendered(helm: &Path, sets: &[&str]) -> Vec<serde_yaml::Value> {
     let mut cmd = Command::new(helm);
-    cmd.args(["template", "fs", "--kube-version", "1.36.3", "--namespace", "mon"])
-        .arg(chart());
+    cmd.args([
+        "template",
+        "fs",
+        "--kube-version",
+        "1.36.3",
+        "--namespace",
+        "mon",
+    ])
+    .arg(chart());
     for set in sets {
         cmd.args(["--set", set]);
     }
@@ -727,11 +734,20 @@ fn exported_metric_names() -> std::collections::BTreeSet<String> {
     schedule.register(&mut registry);
     // Label families are encoded only once they have a child: give each one.
     use fleetscore_operator::metrics::{ErrorLabels, OutcomeLabels, RunLabels};
-    let outcome = OutcomeLabels { outcome: "Failed".into() };
-    let per_run = RunLabels { namespace: "ns".into(), run: "r".into() };
+    let outcome = OutcomeLabels {
+        outcome: "Failed".into(),
+    };
+    let per_run = RunLabels {
+        namespace: "ns".into(),
+        run: "r".into(),
+    };
     run.runs.get_or_create(&outcome).inc();
     run.sensors.get_or_create(&outcome).inc();
-    run.failures.get_or_create(&ErrorLabels { error: "Kube".into() }).inc();
+    run.failures
+        .get_or_create(&ErrorLabels {
+            error: "Kube".into(),
+        })
+        .inc();
     run.queue_depth.get_or_create(&per_run).set(1);
     run.active_jobs.get_or_create(&per_run).set(1);
     run.write("create", "job");
@@ -741,7 +757,9 @@ fn exported_metric_names() -> std::collections::BTreeSet<String> {
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     let mut names = std::collections::BTreeSet::new();
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix("# TYPE ") else { continue };
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
         let (name, kind) = rest.split_once(' ').unwrap();
         match kind {
             "counter" => {
@@ -757,7 +775,10 @@ fn exported_metric_names() -> std::collections::BTreeSet<String> {
             }
         }
     }
-    assert!(names.contains("fleetscore_run_runs_finished_total"), "{names:?}");
+    assert!(
+        names.contains("fleetscore_run_runs_finished_total"),
+        "{names:?}"
+    );
     names
 }
 
@@ -787,7 +808,13 @@ fn balanced(expr: &str) -> bool {
             '(' | '{' | '[' => stack.push(c),
             ')' | '}' | ']' => {
                 let open = stack.pop();
-                if open != Some(match c { ')' => '(', '}' => '{', _ => '[' }) {
+                if open
+                    != Some(match c {
+                        ')' => '(',
+                        '}' => '{',
+                        _ => '[',
+                    })
+                {
                     return false;
                 }
             }
@@ -805,23 +832,40 @@ fn dashboards_and_alerts_are_off_by_default_and_rendered_when_enabled() {
     };
     let defaults = rendered(&helm, &[]);
     for kind in ["PodMonitor", "PrometheusRule", "ServiceMonitor"] {
-        assert!(!defaults.iter().any(|d| kind_of(d) == kind), "{kind} rendered by default");
+        assert!(
+            !defaults.iter().any(|d| kind_of(d) == kind),
+            "{kind} rendered by default"
+        );
     }
     assert!(
-        !defaults.iter().any(|d| d["metadata"]["labels"]["grafana_dashboard"].is_string()),
+        !defaults
+            .iter()
+            .any(|d| d["metadata"]["labels"]["grafana_dashboard"].is_string()),
         "dashboard rendered by default"
     );
 
     let docs = rendered(&helm, &MONITORING);
-    let pm = docs.iter().find(|d| kind_of(d) == "PodMonitor").expect("a PodMonitor");
+    let pm = docs
+        .iter()
+        .find(|d| kind_of(d) == "PodMonitor")
+        .expect("a PodMonitor");
     assert_eq!(pm["apiVersion"], "monitoring.coreos.com/v1");
-    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], "http", "the container port named http");
+    assert_eq!(
+        pm["spec"]["podMetricsEndpoints"][0]["port"], "http",
+        "the container port named http"
+    );
     assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["path"], "/metrics");
-    assert_eq!(pm["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"], "operator");
+    assert_eq!(
+        pm["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"],
+        "operator"
+    );
     let deployment = docs.iter().find(|d| kind_of(d) == "Deployment").unwrap();
     let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
     for (k, v) in pm["spec"]["selector"]["matchLabels"].as_mapping().unwrap() {
-        assert_eq!(&pod_labels[k], v, "the PodMonitor selects the operator pod ({k:?})");
+        assert_eq!(
+            &pod_labels[k], v,
+            "the PodMonitor selects the operator pod ({k:?})"
+        );
     }
 
     let cm = docs
@@ -829,10 +873,26 @@ fn dashboards_and_alerts_are_off_by_default_and_rendered_when_enabled() {
         .find(|d| kind_of(d) == "ConfigMap" && d["metadata"]["labels"]["grafana_dashboard"] == "1")
         .expect("a dashboard ConfigMap with the sidecar's label");
     let dashboard: serde_json::Value =
-        serde_json::from_str(cm["data"]["fleetscore.json"].as_str().unwrap()).expect("the dashboard is JSON");
-    let titles: Vec<&str> = dashboard["panels"].as_array().unwrap().iter().map(|p| p["title"].as_str().unwrap()).collect();
-    for want in ["Runs finished by phase", "Sensors scored per hour", "Failures by reason", "Schedule slots", "Node-pool size", "Node-minutes per run"] {
-        assert!(titles.iter().any(|t| t.starts_with(want)), "no panel {want:?} in {titles:?}");
+        serde_json::from_str(cm["data"]["fleetscore.json"].as_str().unwrap())
+            .expect("the dashboard is JSON");
+    let titles: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["title"].as_str().unwrap())
+        .collect();
+    for want in [
+        "Runs finished by phase",
+        "Sensors scored per hour",
+        "Failures by reason",
+        "Schedule slots",
+        "Node-pool size",
+        "Node-minutes per run",
+    ] {
+        assert!(
+            titles.iter().any(|t| t.starts_with(want)),
+            "no panel {want:?} in {titles:?}"
+        );
     }
     let exported = exported_metric_names();
     for panel in dashboard["panels"].as_array().unwrap() {
@@ -844,7 +904,11 @@ fn dashboards_and_alerts_are_off_by_default_and_rendered_when_enabled() {
             let used = metrics_in(expr);
             assert!(!used.is_empty(), "{expr} uses a fleetscore metric");
             for m in used {
-                assert!(exported.contains(&m), "dashboard panel {}: {m} is not exported by the operator ({exported:?})", panel["title"]);
+                assert!(
+                    exported.contains(&m),
+                    "dashboard panel {}: {m} is not exported by the operator ({exported:?})",
+                    panel["title"]
+                );
             }
         }
     }
@@ -861,7 +925,10 @@ fn the_alert_rules_follow_the_rule_schema_and_use_only_exported_metrics() {
         return;
     };
     let docs = rendered(&helm, &MONITORING);
-    let rule = docs.iter().find(|d| kind_of(d) == "PrometheusRule").expect("a PrometheusRule");
+    let rule = docs
+        .iter()
+        .find(|d| kind_of(d) == "PrometheusRule")
+        .expect("a PrometheusRule");
     assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
     let exported = exported_metric_names();
     let duration = |s: &str| {
@@ -870,45 +937,105 @@ fn the_alert_rules_follow_the_rule_schema_and_use_only_exported_metrics() {
                 .all(|part| {
                     let digits = part.trim_end_matches(|c: char| c.is_ascii_alphabetic());
                     let unit = &part[digits.len()..];
-                    !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()) && ["ms", "s", "m", "h", "d", "w", "y", ""].contains(&unit)
+                    !digits.is_empty()
+                        && digits.chars().all(|c| c.is_ascii_digit())
+                        && ["ms", "s", "m", "h", "d", "w", "y", ""].contains(&unit)
                 })
     };
     let mut alerts = Vec::new();
     let groups = rule["spec"]["groups"].as_sequence().expect("spec.groups");
     assert!(!groups.is_empty());
     for group in groups {
-        assert!(group["name"].as_str().is_some_and(|n| !n.is_empty()), "group name");
+        assert!(
+            group["name"].as_str().is_some_and(|n| !n.is_empty()),
+            "group name"
+        );
         for r in group["rules"].as_sequence().expect("rules") {
             let map = r.as_mapping().unwrap();
             for key in map.keys() {
                 let key = key.as_str().unwrap();
-                assert!(["alert", "expr", "for", "keep_firing_for", "labels", "annotations"].contains(&key), "unknown rule field {key}");
+                assert!(
+                    [
+                        "alert",
+                        "expr",
+                        "for",
+                        "keep_firing_for",
+                        "labels",
+                        "annotations"
+                    ]
+                    .contains(&key),
+                    "unknown rule field {key}"
+                );
             }
             let name = r["alert"].as_str().expect("an alerting rule has a name");
-            assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{name}");
+            assert!(
+                name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "{name}"
+            );
             let expr = r["expr"].as_str().expect("expr").trim();
             assert!(!expr.is_empty() && balanced(expr), "{name}: {expr}");
-            assert!(!expr.contains("{{"), "{name}: Helm left a template in {expr}");
+            assert!(
+                !expr.contains("{{"),
+                "{name}: Helm left a template in {expr}"
+            );
             if let Some(f) = r["for"].as_str() {
                 assert!(duration(f), "{name}: for {f:?}");
             }
             for (k, v) in r["labels"].as_mapping().unwrap() {
                 assert!(k.is_string() && v.is_string(), "{name}: labels are strings");
             }
-            assert!(["critical", "warning", "info"].contains(&r["labels"]["severity"].as_str().unwrap()), "{name}: severity");
-            assert!(r["annotations"]["summary"].as_str().is_some_and(|s| !s.is_empty()), "{name}: summary");
+            assert!(
+                ["critical", "warning", "info"]
+                    .contains(&r["labels"]["severity"].as_str().unwrap()),
+                "{name}: severity"
+            );
+            assert!(
+                r["annotations"]["summary"]
+                    .as_str()
+                    .is_some_and(|s| !s.is_empty()),
+                "{name}: summary"
+            );
             let desc = r["annotations"]["description"].as_str().unwrap();
-            assert!(desc.matches("{{").count() == desc.matches("}}").count(), "{name}: {desc}");
+            assert!(
+                desc.matches("{{").count() == desc.matches("}}").count(),
+                "{name}: {desc}"
+            );
             for m in metrics_in(expr) {
-                assert!(exported.contains(&m), "alert {name}: {m} is not exported by the operator");
+                assert!(
+                    exported.contains(&m),
+                    "alert {name}: {m} is not exported by the operator"
+                );
             }
-            assert!(expr.contains("namespace=\"mon\""), "{name} is scoped to the release namespace: {expr}");
+            assert!(
+                expr.contains("namespace=\"mon\""),
+                "{name} is scoped to the release namespace: {expr}"
+            );
             alerts.push(name.to_string());
         }
     }
-    for want in ["FleetscoreRunFailed", "FleetscoreRunPartiallySucceeded", "FleetscoreScheduleMissedSlots", "FleetscoreScalerFailing", "FleetscoreOperatorNotReady"] {
-        assert!(alerts.iter().any(|a| a == want), "no alert {want} in {alerts:?}");
+    for want in [
+        "FleetscoreRunFailed",
+        "FleetscoreRunPartiallySucceeded",
+        "FleetscoreScheduleMissedSlots",
+        "FleetscoreScalerFailing",
+        "FleetscoreOperatorNotReady",
+    ] {
+        assert!(
+            alerts.iter().any(|a| a == want),
+            "no alert {want} in {alerts:?}"
+        );
     }
-    let not_ready = &groups[0]["rules"].as_sequence().unwrap().iter().find(|r| r["alert"] == "FleetscoreOperatorNotReady").unwrap()["expr"];
-    assert!(not_ready.as_str().unwrap().contains("job=~\"fs-fleetscore-metrics|mon/fs-fleetscore\""), "{not_ready:?}: the ServiceMonitor's and PodMonitor's job names");
+    let not_ready = &groups[0]["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|r| r["alert"] == "FleetscoreOperatorNotReady")
+        .unwrap()["expr"];
+    assert!(
+        not_ready
+            .as_str()
+            .unwrap()
+            .contains("job=~\"fs-fleetscore-metrics|mon/fs-fleetscore\""),
+        "{not_ready:?}: the ServiceMonitor's and PodMonitor's job names"
+    );
 }

@@ -41,7 +41,9 @@ fn fleetscore_binary() -> Option<PathBuf> {
 fn artifacts() -> PathBuf {
     let cache = std::env::var_os("FLEETSCORE_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/fleetscore"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/fleetscore")
+        });
     let dir = cache.join("artifacts");
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -70,7 +72,11 @@ fn browse(chrome: &Path, url: &str, mode: &str) -> String {
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", chrome.display()));
-    assert!(out.status.success(), "chromium {mode} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "chromium {mode} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -93,7 +99,9 @@ fn run_local(bin: &Path, manifest: &Path, out: &Path) -> (PathBuf, bool) {
 
 /// Text of the element `<tag id="id" ...>text<` in the dumped DOM.
 fn text_of(dom: &str, id: &str) -> String {
-    let at = dom.find(&format!("id=\"{id}\"")).unwrap_or_else(|| panic!("no element #{id} in the DOM"));
+    let at = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no element #{id} in the DOM"));
     let start = at + dom[at..].find('>').unwrap() + 1;
     let end = start + dom[start..].find('<').unwrap();
     dom[start..end].to_string()
@@ -103,11 +111,16 @@ fn text_of(dom: &str, id: &str) -> String {
 fn table_rows(dom: &str) -> Vec<String> {
     let body = &dom[dom.find("<tbody>").expect("table body")..];
     let body = &body[..body.find("</tbody>").unwrap()];
-    body.split("<tr data-sensor=\"").skip(1).map(|r| r[..r.find('"').unwrap()].to_string()).collect()
+    body.split("<tr data-sensor=\"")
+        .skip(1)
+        .map(|r| r[..r.find('"').unwrap()].to_string())
+        .collect()
 }
 
 fn number(text: &str) -> i64 {
-    text.replace(',', "").parse().unwrap_or_else(|e| panic!("{text:?}: {e}"))
+    text.replace(',', "")
+        .parse()
+        .unwrap_or_else(|e| panic!("{text:?}: {e}"))
 }
 
 struct Checked {
@@ -120,30 +133,63 @@ fn check_report(chrome: &Path, run_dir: &Path) -> Checked {
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run_dir.join("summary.json")).unwrap()).unwrap();
     let report = run_dir.join("report.html");
-    assert!(report.is_file(), "no report.html beside summary.json in {}", run_dir.display());
+    assert!(
+        report.is_file(),
+        "no report.html beside summary.json in {}",
+        run_dir.display()
+    );
     let url = format!("file://{}", report.canonicalize().unwrap().display());
     let dom = browse(chrome, &url, "--dump-dom");
-    assert!(dom.contains("data-rendered=\"true\""), "the report's script did not finish:\n{}", &dom[..dom.len().min(2000)]);
-    for (id, key) in [("n-total", "total"), ("n-succeeded", "succeeded"), ("n-failed", "failed"), ("n-rows", "rows"), ("n-anomalies", "anomalies")] {
-        assert_eq!(number(&text_of(&dom, id)), summary[key].as_i64().unwrap(), "#{id} shows summary.json's {key}");
+    assert!(
+        dom.contains("data-rendered=\"true\""),
+        "the report's script did not finish:\n{}",
+        &dom[..dom.len().min(2000)]
+    );
+    for (id, key) in [
+        ("n-total", "total"),
+        ("n-succeeded", "succeeded"),
+        ("n-failed", "failed"),
+        ("n-rows", "rows"),
+        ("n-anomalies", "anomalies"),
+    ] {
+        assert_eq!(
+            number(&text_of(&dom, id)),
+            summary[key].as_i64().unwrap(),
+            "#{id} shows summary.json's {key}"
+        );
     }
     assert_eq!(text_of(&dom, "n-phase"), summary["phase"].as_str().unwrap());
     let rows = table_rows(&dom);
-    assert_eq!(rows.len() as i64, summary["total"].as_i64().unwrap(), "one table row per sensor");
+    assert_eq!(
+        rows.len() as i64,
+        summary["total"].as_i64().unwrap(),
+        "one table row per sensor"
+    );
     let mut unique = rows.clone();
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), rows.len(), "no sensor twice");
     assert!(dom.contains("id=\"heatmap-svg\""), "heat map drawn");
-    assert_eq!(dom.matches("class=\"cell\"").count(), rows.len(), "one heat-map cell per sensor");
+    assert_eq!(
+        dom.matches("class=\"cell\"").count(),
+        rows.len(),
+        "one heat-map cell per sensor"
+    );
 
     // Sorting: by sensor ascending, then by anomalies descending, through the page's own sort.
-    let by_sensor = table_rows(&browse(chrome, &format!("{url}#sort=sensor:asc"), "--dump-dom"));
+    let by_sensor = table_rows(&browse(
+        chrome,
+        &format!("{url}#sort=sensor:asc"),
+        "--dump-dom",
+    ));
     let mut expected = rows.clone();
     expected.sort();
     assert_eq!(by_sensor, expected, "sorted by sensor");
     let by_anomalies_dom = browse(chrome, &format!("{url}#sort=anomalies:desc"), "--dump-dom");
-    assert!(by_anomalies_dom.contains("data-key=\"anomalies\" class=\"num sorted-desc\""), "the sorted column is marked");
+    assert!(
+        by_anomalies_dom.contains("data-key=\"anomalies\" class=\"num sorted-desc\""),
+        "the sorted column is marked"
+    );
     let counts: Vec<i64> = by_anomalies_dom[by_anomalies_dom.find("<tbody>").unwrap()..]
         .split("<tr data-sensor=")
         .skip(1)
@@ -153,16 +199,32 @@ fn check_report(chrome: &Path, run_dir: &Path) -> Checked {
             number(&cell[cell.find('>').unwrap() + 1..cell.find('<').unwrap()])
         })
         .collect();
-    assert!(counts.windows(2).all(|w| w[0] >= w[1]), "anomalies descending: {counts:?}");
+    assert!(
+        counts.windows(2).all(|w| w[0] >= w[1]),
+        "anomalies descending: {counts:?}"
+    );
     Checked { dom, summary }
 }
 
 fn screenshot(chrome: &Path, run_dir: &Path, name: &str) {
     let shot = artifacts().join(name);
     let _ = std::fs::remove_file(&shot);
-    let url = format!("file://{}", run_dir.join("report.html").canonicalize().unwrap().display());
+    let url = format!(
+        "file://{}",
+        run_dir
+            .join("report.html")
+            .canonicalize()
+            .unwrap()
+            .display()
+    );
     browse(chrome, &url, &format!("--screenshot={}", shot.display()));
-    assert!(std::fs::metadata(&shot).map(|m| m.len() > 10_000).unwrap_or(false), "screenshot {} written", shot.display());
+    assert!(
+        std::fs::metadata(&shot)
+            .map(|m| m.len() > 10_000)
+            .unwrap_or(false),
+        "screenshot {} written",
+        shot.display()
+    );
     eprintln!("screenshot: {}", shot.display());
 }
 
@@ -187,8 +249,14 @@ fn the_example_fleets_report_renders_with_its_numbers_rows_and_plots() {
     let Checked { dom, summary } = check_report(&chrome, &run_dir);
     assert_eq!(summary["total"], 15);
     let plots = dom.matches("class=\"plot\"").count();
-    assert_eq!(plots, 15, "every one of the 15 sensors gets a plot (under the limit)");
-    assert!(dom.matches("class=\"anomaly\"").count() > 100, "anomalies are marked");
+    assert_eq!(
+        plots, 15,
+        "every one of the 15 sensors gets a plot (under the limit)"
+    );
+    assert!(
+        dom.matches("class=\"anomaly\"").count() > 100,
+        "anomalies are marked"
+    );
     assert_eq!(dom.matches("class=\"series\"").count(), 15);
     assert!(dom.contains("No sensor failed."));
     screenshot(&chrome, &run_dir, "report-example-fleet.png");
@@ -196,10 +264,26 @@ fn the_example_fleets_report_renders_with_its_numbers_rows_and_plots() {
     // `fleetscore report` rebuilds the same page from the ledger alone.
     let before = std::fs::read(run_dir.join("report.html")).unwrap();
     std::fs::remove_file(run_dir.join("report.html")).unwrap();
-    let rebuilt = Command::new(&bin).arg("report").arg(&run_dir).output().unwrap();
-    assert!(rebuilt.status.success(), "{}", String::from_utf8_lossy(&rebuilt.stderr));
-    assert!(String::from_utf8_lossy(&rebuilt.stdout).contains("15 sensors, 15 plots"), "{}", String::from_utf8_lossy(&rebuilt.stdout));
-    assert_eq!(std::fs::read(run_dir.join("report.html")).unwrap(), before, "the rebuild is the same page");
+    let rebuilt = Command::new(&bin)
+        .arg("report")
+        .arg(&run_dir)
+        .output()
+        .unwrap();
+    assert!(
+        rebuilt.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rebuilt.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&rebuilt.stdout).contains("15 sensors, 15 plots"),
+        "{}",
+        String::from_utf8_lossy(&rebuilt.stdout)
+    );
+    assert_eq!(
+        std::fs::read(run_dir.join("report.html")).unwrap(),
+        before,
+        "the rebuild is the same page"
+    );
 }
 
 #[test]
@@ -237,11 +321,26 @@ spec:
     let failed = &dom[dom.find("id=\"failed\"").unwrap()..];
     let failed = &failed[..failed.find("</ul>").unwrap()];
     for sensor in ["7:1", "8:9"] {
-        assert!(failed.contains(&format!("data-sensor=\"{sensor}\"")), "{sensor} listed as failed: {failed}");
+        assert!(
+            failed.contains(&format!("data-sensor=\"{sensor}\"")),
+            "{sensor} listed as failed: {failed}"
+        );
     }
     assert_eq!(failed.matches("<li").count(), 2, "{failed}");
-    assert!(failed.to_lowercase().contains("model"), "the reason names the missing model: {failed}");
-    assert_eq!(dom.matches("class=\"plot\"").count(), 3, "only the 3 scored sensors are plotted");
-    assert_eq!(dom.matches("<tr data-sensor=\"7:1\" class=\"Failed\"").count(), 1, "failed rows are marked");
+    assert!(
+        failed.to_lowercase().contains("model"),
+        "the reason names the missing model: {failed}"
+    );
+    assert_eq!(
+        dom.matches("class=\"plot\"").count(),
+        3,
+        "only the 3 scored sensors are plotted"
+    );
+    assert_eq!(
+        dom.matches("<tr data-sensor=\"7:1\" class=\"Failed\"")
+            .count(),
+        1,
+        "failed rows are marked"
+    );
     screenshot(&chrome, &run_dir, "report-with-failures.png");
 }

@@ -61,7 +61,10 @@ async fn get_run(client: &Client, ns: &str, name: &str) -> Result<ScoringRun, Cl
     runs.get_opt(name)
         .await
         .map_err(kube_err(format!("read ScoringRun {ns}/{name}")))?
-        .ok_or_else(|| CliError::NotFound { namespace: ns.into(), name: name.into() })
+        .ok_or_else(|| CliError::NotFound {
+            namespace: ns.into(),
+            name: name.into(),
+        })
 }
 
 /// `fleetscore report <output>/<run>`: rebuilds the run's `report.html` from its ledger.
@@ -89,15 +92,24 @@ pub async fn rerun_failed(client: &Client, ns: &str, name: &str) -> Result<Strin
         )));
     }
     if status.failed == 0 {
-        return Err(CliError::Refused(format!("ScoringRun {ns}/{name} has no failed sensors to rerun")));
+        return Err(CliError::Refused(format!(
+            "ScoringRun {ns}/{name} has no failed sensors to rerun"
+        )));
     }
     // A new value each time: the operator handles each value once.
     let value = Timestamp::now().to_string();
     let patch = serde_json::json!({"metadata": {"annotations": {RERUN_ANNOTATION: value}}});
     let runs: Api<ScoringRun> = Api::namespaced(client.clone(), ns);
-    runs.patch(name, &PatchParams { field_manager: Some(CLI_MANAGER.into()), ..Default::default() }, &Patch::Merge(&patch))
-        .await
-        .map_err(kube_err(format!("annotate ScoringRun {ns}/{name}")))?;
+    runs.patch(
+        name,
+        &PatchParams {
+            field_manager: Some(CLI_MANAGER.into()),
+            ..Default::default()
+        },
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(kube_err(format!("annotate ScoringRun {ns}/{name}")))?;
     let new_run = crate::run_controller::rerun_name(name, &value);
     Ok(format!(
         "requested a rerun of the {} failed sensors of {ns}/{name} ({RERUN_ANNOTATION}={value}); the operator creates ScoringRun {new_run}\n",
@@ -151,10 +163,20 @@ pub fn describe_text(run: &ScoringRun, ns: &str) -> String {
     line("Outputs", &ledger);
     line("Predictions", &jobs::join_url(&ledger, "preds/"));
     line("Records", &jobs::join_url(&ledger, "logs/"));
-    line("Summary", &jobs::join_url(&ledger, fleetscore_scorer::report::SUMMARY_FILE));
-    line("Report", &jobs::join_url(&ledger, fleetscore_scorer::report::REPORT_FILE));
+    line(
+        "Summary",
+        &jobs::join_url(&ledger, fleetscore_scorer::report::SUMMARY_FILE),
+    );
+    line(
+        "Report",
+        &jobs::join_url(&ledger, fleetscore_scorer::report::REPORT_FILE),
+    );
     if let Some(scaler) = &st.scaler {
-        let get = |k: &str| scaler.get(k).map(|v| v.to_string().trim_matches('"').to_string());
+        let get = |k: &str| {
+            scaler
+                .get(k)
+                .map(|v| v.to_string().trim_matches('"').to_string())
+        };
         let mut parts = Vec::new();
         for (k, label) in [
             ("nodesAtStart", "nodes at start"),
@@ -173,7 +195,11 @@ pub fn describe_text(run: &ScoringRun, ns: &str) -> String {
     }
     if st.failed_sensors.is_empty() {
         if st.failed > 0 {
-            let _ = writeln!(s, "Failed sensors: {} (see the records under {}/logs/)", st.failed, ledger);
+            let _ = writeln!(
+                s,
+                "Failed sensors: {} (see the records under {}/logs/)",
+                st.failed, ledger
+            );
         }
     } else {
         let _ = writeln!(s, "Failed sensors ({}):", st.failed);
@@ -186,13 +212,22 @@ pub fn describe_text(run: &ScoringRun, ns: &str) -> String {
         }
     }
     if st.phase.is_some_and(Phase::is_finished) && st.failed > 0 {
-        let _ = writeln!(s, "Rerun the failed sensors: fleetscore rerun {name} --failed -n {ns}");
+        let _ = writeln!(
+            s,
+            "Rerun the failed sensors: fleetscore rerun {name} --failed -n {ns}"
+        );
     }
     s
 }
 
 /// `fleetscore logs <run> --sensor D:T`: the sensor's ledger record and its pod's log.
-pub async fn logs(client: &Client, ns: &str, name: &str, sensor: &SensorId, lines: i64) -> Result<String, CliError> {
+pub async fn logs(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    sensor: &SensorId,
+    lines: i64,
+) -> Result<String, CliError> {
     let run = get_run(client, ns, name).await?;
     let mut s = String::new();
     let record_rel = log_path(name, sensor);
@@ -200,7 +235,11 @@ pub async fn logs(client: &Client, ns: &str, name: &str, sensor: &SensorId, line
     let _ = writeln!(s, "== ledger record {record_url}");
     match read_record(&run.spec.storage.output, &record_rel).await {
         Ok(record) => {
-            let _ = writeln!(s, "{}", serde_json::to_string_pretty(&record).unwrap_or_default());
+            let _ = writeln!(
+                s,
+                "{}",
+                serde_json::to_string_pretty(&record).unwrap_or_default()
+            );
         }
         Err(why) => {
             let _ = writeln!(s, "(none: {why})");
@@ -229,7 +268,11 @@ async fn read_record(output: &str, rel: &str) -> Result<SensorRecord, String> {
 }
 
 /// The sensors of a run in queue order: from the spec, or the run's sensor-list ConfigMap.
-async fn run_sensors(client: &Client, ns: &str, run: &ScoringRun) -> Result<Vec<SensorRef>, String> {
+async fn run_sensors(
+    client: &Client,
+    ns: &str,
+    run: &ScoringRun,
+) -> Result<Vec<SensorRef>, String> {
     if let Some(sel) = &run.spec.sensors
         && let Some(list) = queue::resolve_static(sel)
     {
@@ -247,16 +290,28 @@ async fn run_sensors(client: &Client, ns: &str, run: &ScoringRun) -> Result<Vec<
         .await
         .map_err(|e| format!("reading sensor list {cm_name}: {e}"))?
         .ok_or_else(|| format!("sensor list ConfigMap {cm_name} is gone"))?;
-    let text = cm.data.and_then(|d| d.get("sensors").cloned()).unwrap_or_default();
+    let text = cm
+        .data
+        .and_then(|d| d.get("sensors").cloned())
+        .unwrap_or_default();
     Ok(text
         .lines()
         .filter_map(|l| l.trim().split_once(':'))
-        .map(|(d, t)| SensorRef { device: d.into(), tag: t.into() })
+        .map(|(d, t)| SensorRef {
+            device: d.into(),
+            tag: t.into(),
+        })
         .collect())
 }
 
 /// The newest pod of the Job that scored `sensor`, and the end of its log.
-async fn pod_log(client: &Client, ns: &str, run: &ScoringRun, sensor: &SensorId, lines: i64) -> Result<(String, String), String> {
+async fn pod_log(
+    client: &Client,
+    ns: &str,
+    run: &ScoringRun,
+    sensor: &SensorId,
+    lines: i64,
+) -> Result<(String, String), String> {
     let name = run.metadata.name.clone().unwrap_or_default();
     let sensors = run_sensors(client, ns, run).await?;
     let index = sensors
@@ -268,14 +323,24 @@ async fn pod_log(client: &Client, ns: &str, run: &ScoringRun, sensor: &SensorId,
     let job = jobs::batch_job_name(&name, batch);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let lp = ListParams::default().labels(&format!("{RUN_LABEL}={name},{BATCH_LABEL}={batch}"));
-    let mut found = pods.list(&lp).await.map_err(|e| format!("listing pods of Job {job}: {e}"))?.items;
+    let mut found = pods
+        .list(&lp)
+        .await
+        .map_err(|e| format!("listing pods of Job {job}: {e}"))?
+        .items;
     found.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
     let pod = found.pop().ok_or_else(|| {
         format!("Job {job} has no pods left (finished Jobs go after finishedJobTtlSeconds); the record above is what stays")
     })?;
     let pod_name = pod.metadata.name.clone().unwrap_or_default();
-    let lp = LogParams { tail_lines: Some(lines), ..LogParams::default() };
-    let text = pods.logs(&pod_name, &lp).await.map_err(|e| format!("pod {pod_name}: {e}"))?;
+    let lp = LogParams {
+        tail_lines: Some(lines),
+        ..LogParams::default()
+    };
+    let text = pods
+        .logs(&pod_name, &lp)
+        .await
+        .map_err(|e| format!("pod {pod_name}: {e}"))?;
     Ok((pod_name, text))
 }
 
@@ -312,20 +377,38 @@ spec:
             total: 2,
             succeeded: 1,
             failed: 1,
-            failed_sensors: vec![FailedSensor { sensor: "2:4".into(), reason: "ScorerFailed".into(), message: "no model".into() }],
+            failed_sensors: vec![FailedSensor {
+                sensor: "2:4".into(),
+                reason: "ScorerFailed".into(),
+                message: "no model".into(),
+            }],
             ..Default::default()
         });
         let text = describe_text(&r, "ops");
-        assert!(text.contains("Phase:          PartiallySucceeded"), "{text}");
+        assert!(
+            text.contains("Phase:          PartiallySucceeded"),
+            "{text}"
+        );
         assert!(text.contains("2 total, 1 succeeded, 1 failed"), "{text}");
-        assert!(text.contains("Report:         az://predictions/f/nightly/report.html"), "{text}");
-        assert!(text.contains("2:4           ScorerFailed    no model"), "{text}");
-        assert!(text.contains("fleetscore rerun nightly --failed -n ops"), "{text}");
+        assert!(
+            text.contains("Report:         az://predictions/f/nightly/report.html"),
+            "{text}"
+        );
+        assert!(
+            text.contains("2:4           ScorerFailed    no model"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fleetscore rerun nightly --failed -n ops"),
+            "{text}"
+        );
     }
 
     #[test]
     fn the_plugin_name_is_recognised_with_or_without_a_path() {
-        assert!(invoked_as_kubectl_plugin("/usr/local/bin/kubectl-fleetscore"));
+        assert!(invoked_as_kubectl_plugin(
+            "/usr/local/bin/kubectl-fleetscore"
+        ));
         assert!(invoked_as_kubectl_plugin("kubectl-fleetscore"));
         assert!(!invoked_as_kubectl_plugin("/usr/local/bin/fleetscore"));
     }
