@@ -506,12 +506,24 @@ pub async fn write_report_in(
 /// `summary.json`, the records, the predictions and `timeline.json` when there is one.
 pub async fn rebuild(run_dir_url: &str) -> Result<ReportInfo, ReportError> {
     let run_dir = crate::storage::open(run_dir_url.trim_end_matches('/'))?;
+    let run_name_from_url = run_dir_url
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let summary_loc = run_dir.child(SUMMARY_FILE);
-    let bytes = summary_loc.get().await?;
-    let summary: Value = serde_json::from_slice(&bytes).map_err(|source| ReportError::Json {
-        file: summary_loc.url.clone(),
-        source,
-    })?;
+    let summary: Value = match summary_loc.get().await {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| ReportError::Json {
+            file: summary_loc.url.clone(),
+            source,
+        })?,
+        // The scorer CLI alone writes no summary.json: the records are the summary then.
+        Err(e) => match summary_from_records(&run_dir, &run_name_from_url).await {
+            Some(summary) => summary,
+            None => return Err(e.into()),
+        },
+    };
     let timeline_loc = run_dir.child(TIMELINE_FILE);
     let timeline = match timeline_loc.get().await {
         Ok(b) => Some(
@@ -526,14 +538,7 @@ pub async fn rebuild(run_dir_url: &str) -> Result<ReportInfo, ReportError> {
         .get("run")
         .and_then(Value::as_str)
         .map(str::to_string)
-        .unwrap_or_else(|| {
-            run_dir_url
-                .trim_end_matches('/')
-                .rsplit('/')
-                .next()
-                .unwrap_or_default()
-                .to_string()
-        });
+        .unwrap_or(run_name_from_url);
     write_report_in(
         &run_dir,
         &run_name,
@@ -542,6 +547,40 @@ pub async fn rebuild(run_dir_url: &str) -> Result<ReportInfo, ReportError> {
         ReportLimits::default(),
     )
     .await
+}
+
+/// A summary counted from the records under `<run>/logs/` (None when there are none).
+async fn summary_from_records(run_dir: &Location, run_name: &str) -> Option<Value> {
+    let data = collect(
+        run_dir,
+        run_name,
+        &Value::Null,
+        None,
+        ReportLimits {
+            plotted_sensors: 0,
+            ..ReportLimits::default()
+        },
+    )
+    .await
+    .ok()?;
+    if data.sensors.is_empty() {
+        return None;
+    }
+    let failed = data
+        .sensors
+        .iter()
+        .filter(|s| s.outcome != "Succeeded")
+        .count();
+    Some(serde_json::json!({
+        "run": run_name,
+        "phase": if failed == 0 { "Succeeded" } else { "Failed" },
+        "total": data.sensors.len(),
+        "succeeded": data.sensors.len() - failed,
+        "failed": failed,
+        "rows": data.sensors.iter().map(|s| s.rows).sum::<usize>(),
+        "anomalies": data.sensors.iter().map(|s| s.anomalies).sum::<usize>(),
+        "source": "records",
+    }))
 }
 
 const PAGE_BODY: &str = r###"<nav><a href="#overview">Overview</a> <a href="#heatmap-section">Heat map</a> <a href="#table-section">Sensors</a> <a href="#plots-section">Time series</a> <a href="#failed-section">Failed</a> <a href="#timeline-section">Timeline</a></nav>
