@@ -18,7 +18,7 @@ use fleetscore_operator::run::controller as run_controller;
 use fleetscore_operator::run::jobs::PodDefaults;
 use fleetscore_operator::run::local::{self, LocalOptions, Manifest};
 use fleetscore_operator::run::metrics::RunMetrics;
-use fleetscore_operator::{scaler, schedule};
+use fleetscore_operator::{cli, scaler, schedule};
 use indicatif::{ProgressBar, ProgressStyle};
 use k8s_openapi::api::core::v1::Toleration;
 use prometheus_client::registry::Registry;
@@ -40,6 +40,56 @@ enum Command {
     Operator(OperatorArgs),
     /// Score a ScoringRun (or ScoringSchedule) manifest on this machine, without Kubernetes.
     Run(RunArgs),
+    /// Rebuild a run's report.html from its ledger: `fleetscore report <output>/<run>`.
+    Report(ReportArgs),
+    /// Score a finished run's failed sensors again (sets the `fleetscore.dev/rerun-failed`
+    /// annotation; the operator creates the new run).
+    Rerun(RerunArgs),
+    /// A run's status, failed sensors with reasons, and where its outputs and report are.
+    Describe(RunRef),
+    /// One sensor's ledger record and the log of the pod that scored it.
+    Logs(LogsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ReportArgs {
+    /// The run's output folder, `<spec.storage.output>/<run>` (local path, file://, az://).
+    url: String,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunRef {
+    /// The ScoringRun's name.
+    run: String,
+    /// Namespace of the run (default: the kubeconfig context's).
+    #[arg(short, long)]
+    namespace: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct RerunArgs {
+    #[command(flatten)]
+    run: RunRef,
+    /// Rerun the failed sensors (the only kind of rerun).
+    #[arg(long, required = true)]
+    failed: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct LogsArgs {
+    #[command(flatten)]
+    run: RunRef,
+    /// The sensor, `DEVICE:TAG`.
+    #[arg(long, value_parser = parse_sensor)]
+    sensor: fleetscore_scorer::sensor::SensorId,
+    /// Lines from the end of the pod log.
+    #[arg(long, default_value_t = cli::DEFAULT_LOG_LINES)]
+    tail: i64,
+}
+
+fn parse_sensor(s: &str) -> Result<fleetscore_scorer::sensor::SensorId, String> {
+    s.parse()
+        .map_err(|e: fleetscore_scorer::sensor::SensorError| e.to_string())
 }
 
 #[derive(clap::Args, Debug)]
@@ -147,7 +197,19 @@ fn main() -> std::process::ExitCode {
     // The workspace enables both rustls providers (kube: ring, reqwest: aws-lc-rs), so rustls
     // cannot pick one and panics at the first TLS client unless one is installed; Err = already set.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
+    // Under the kubectl plugin name (`kubectl fleetscore ...`) the commands are the same; only
+    // the usage text names the plugin.
+    let argv0 = std::env::args().next().unwrap_or_default();
+    let command = <Cli as clap::CommandFactory>::command();
+    let command = if cli::invoked_as_kubectl_plugin(&argv0) {
+        command.bin_name("kubectl fleetscore")
+    } else {
+        command
+    };
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -162,6 +224,19 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Operator(args) => operator(args).await.map(|()| true),
             Command::Run(args) => run_local(args).await,
+            Command::Report(args) => print(cli::report(&args.url).await),
+            Command::Rerun(args) => {
+                let (client, ns) = kube_client(&args.run).await?;
+                print(cli::rerun_failed(&client, &ns, &args.run.run).await)
+            }
+            Command::Describe(args) => {
+                let (client, ns) = kube_client(&args).await?;
+                print(cli::describe(&client, &ns, &args.run).await)
+            }
+            Command::Logs(args) => {
+                let (client, ns) = kube_client(&args.run).await?;
+                print(cli::logs(&client, &ns, &args.run.run, &args.sensor, args.tail).await)
+            }
         }
     });
     match result {
@@ -172,6 +247,24 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(2)
         }
     }
+}
+
+/// Prints a command's text.
+fn print(result: Result<String, cli::CliError>) -> anyhow::Result<bool> {
+    print!("{}", result?);
+    Ok(true)
+}
+
+/// A client from the kubeconfig (or in-cluster), and the namespace: the flag's, else the context's.
+async fn kube_client(run: &RunRef) -> anyhow::Result<(kube::Client, String)> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes (kubeconfig or in-cluster)")?;
+    let ns = run
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    Ok((client, ns))
 }
 
 /// One JSON list in one flag (an alias, so clap does not take `Vec` for a repeated flag).
@@ -411,9 +504,11 @@ async fn score_run(
     bar.finish_and_clear();
     println!("ScoringRun {name}: {}", phase.as_str());
     print!("{}", summary.render());
+    let run_dir = fleetscore_operator::run::jobs::join_url(&spec.output, &spec.run_id);
+    println!("  output       {run_dir}");
     println!(
-        "  output       {}",
-        fleetscore_operator::run::jobs::join_url(&spec.output, &spec.run_id)
+        "  report       {}",
+        fleetscore_operator::run::jobs::join_url(&run_dir, fleetscore_scorer::report::REPORT_FILE)
     );
     Ok(summary.all_succeeded())
 }

@@ -8,5 +8,6 @@ pub mod fleet;
 pub mod kernel;
 pub mod model;
 pub mod output;
+pub mod report;
 pub mod sensor;
 pub mod storage;

@@ -57,6 +57,14 @@ enum Command {
     Generate(GenerateArgs),
     /// Describe a model file (kernel, support vectors, features, scaler, source format).
     InspectModel(InspectArgs),
+    /// Build <output>/<run-id>/report.html from the run's ledger (records, predictions, summary.json).
+    Report(ReportArgs),
+}
+
+#[derive(Args, Debug)]
+struct ReportArgs {
+    /// The run's folder: <output>/<run-id>, holding summary.json, logs/ and preds/.
+    url: String,
 }
 
 #[derive(Args, Debug)]
@@ -265,6 +273,7 @@ fn main() -> ExitCode {
             Command::Train(a) => train_cmd(a).await,
             Command::Generate(a) => generate_cmd(a).await,
             Command::InspectModel(a) => inspect(a).await,
+            Command::Report(a) => report_cmd(a).await,
         }
     });
     match result {
@@ -575,6 +584,15 @@ async fn generate_cmd(a: GenerateArgs) -> Result<ExitCode, Failure> {
         a.tags,
         size as f64 / 1e6,
         t.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn report_cmd(a: ReportArgs) -> Result<ExitCode, Failure> {
+    let info = fleetscore_scorer::report::rebuild(&a.url).await?;
+    println!(
+        "wrote {} ({} sensors, {} plots, {} bytes)",
+        info.url, info.sensors, info.plots, info.bytes
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -363,3 +363,36 @@ fn inspect_model_prints_text_or_json() {
     let o = run(&["inspect-model", "models/missing.json"], dir.path());
     assert_eq!(code(&o), 1);
 }
+
+#[test]
+fn report_builds_report_html_from_the_records_of_a_scored_run() {
+    let dir = fleet();
+    let d = dir.path();
+    let o = run(
+        &[
+            "score", "--models", "models", "--data", "data.csv", "--output", "out", "--run-id",
+            "rep", "--all",
+        ],
+        d,
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let o = run(&["report", "out/rep"], d);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("(6 sensors, 6 plots"),
+        "{}",
+        text(&o)
+    );
+    let page = read(d, "out/rep/report.html");
+    assert!(
+        page.starts_with("<!DOCTYPE html>") && page.contains("\"total\":6"),
+        "the records are the summary"
+    );
+    let o = run(&["report", "out/nothing"], d);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("summary.json"),
+        "{}",
+        text(&o)
+    );
+}

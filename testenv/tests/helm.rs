@@ -58,6 +58,12 @@ fn value_sets(namespace: &str) -> Vec<(&'static str, Vec<String>)> {
                 "scorer.storageSecret=fleetscore-storage".into(),
                 "--set".into(),
                 "metrics.serviceMonitor.enabled=true".into(),
+                "--set".into(),
+                "metrics.podMonitor.enabled=true".into(),
+                "--set".into(),
+                "metrics.prometheusRule.enabled=true".into(),
+                "--set".into(),
+                "metrics.grafanaDashboard.enabled=true".into(),
             ],
         ),
     ]
@@ -227,6 +233,10 @@ async fn the_rendered_chart_is_accepted_by_the_api_server() {
                     // The ServiceMonitor kind needs prometheus-operator's CRD, which the test
                     // cluster does not have; render it here but validate it only with lint.
                     template.args(["--set", "metrics.serviceMonitor.enabled=false"]);
+                    // So do PodMonitor and PrometheusRule (checked by the monitoring tests below);
+                    // the dashboard's ConfigMap stays and is validated here.
+                    template.args(["--set", "metrics.podMonitor.enabled=false"]);
+                    template.args(["--set", "metrics.prometheusRule.enabled=false"]);
                 }
                 let manifests = run(&mut template, None, &format!("helm template with {name}"));
                 let applied = run(
@@ -681,4 +691,351 @@ async fn the_operator_runs_and_schedules_with_only_the_charts_cluster_rbac_and_u
 #[tokio::test]
 async fn a_namespaced_install_completes_a_run_with_only_its_role() {
     install_score_uninstall(Scope::Namespaced).await;
+}
+
+/// `helm template` of the chart with `sets`, as parsed YAML documents.
+fn rendered(helm: &Path, sets: &[&str]) -> Vec<serde_yaml::Value> {
+    let mut cmd = Command::new(helm);
+    cmd.args([
+        "template",
+        "fs",
+        "--kube-version",
+        "1.36.3",
+        "--namespace",
+        "mon",
+    ])
+    .arg(chart());
+    for set in sets {
+        cmd.args(["--set", set]);
+    }
+    let out = run(&mut cmd, None, &format!("helm template with {sets:?}"));
+    serde_yaml::Deserializer::from_slice(&out.stdout)
+        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn kind_of(doc: &serde_yaml::Value) -> &str {
+    doc["kind"].as_str().unwrap_or_default()
+}
+
+const MONITORING: [&str; 3] = [
+    "metrics.podMonitor.enabled=true",
+    "metrics.prometheusRule.enabled=true",
+    "metrics.grafanaDashboard.enabled=true",
+];
+
+/// Every metric name the operator exports (run controller, schedule controller, scaler), with
+/// the suffixes Prometheus sees: `_total` for counters, `_bucket`/`_sum`/`_count` for histograms.
+fn exported_metric_names() -> std::collections::BTreeSet<String> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let run = fleetscore_operator::run::metrics::RunMetrics::register(&mut registry);
+    let schedule = fleetscore_operator::schedule::metrics::ScheduleMetrics::default();
+    schedule.register(&mut registry);
+    // Label families are encoded only once they have a child: give each one.
+    use fleetscore_operator::run::metrics::{ErrorLabels, OutcomeLabels, RunLabels};
+    let outcome = OutcomeLabels {
+        outcome: "Failed".into(),
+    };
+    let per_run = RunLabels {
+        namespace: "ns".into(),
+        run: "r".into(),
+    };
+    run.runs.get_or_create(&outcome).inc();
+    run.sensors.get_or_create(&outcome).inc();
+    run.failures
+        .get_or_create(&ErrorLabels {
+            error: "Kube".into(),
+        })
+        .inc();
+    run.queue_depth.get_or_create(&per_run).set(1);
+    run.active_jobs.get_or_create(&per_run).set(1);
+    run.write("create", "job");
+    schedule.slots("missed", 1);
+    fleetscore_operator::scaler::metrics::ScalerMetrics::default().register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (name, kind) = rest.split_once(' ').unwrap();
+        match kind {
+            "counter" => {
+                names.insert(format!("{name}_total"));
+            }
+            "histogram" => {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    names.insert(format!("{name}{suffix}"));
+                }
+            }
+            _ => {
+                names.insert(name.to_string());
+            }
+        }
+    }
+    assert!(
+        names.contains("fleetscore_run_runs_finished_total"),
+        "{names:?}"
+    );
+    names
+}
+
+/// The `fleetscore_*` metric names a PromQL expression uses.
+fn metrics_in(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("fleetscore_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        out.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+/// A PromQL expression's brackets are balanced (outside quoted strings).
+fn balanced(expr: &str) -> bool {
+    let mut stack = Vec::new();
+    let mut quoted = false;
+    for c in expr.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            _ if quoted => {}
+            '(' | '{' | '[' => stack.push(c),
+            ')' | '}' | ']' => {
+                let open = stack.pop();
+                if open
+                    != Some(match c {
+                        ')' => '(',
+                        '}' => '{',
+                        _ => '[',
+                    })
+                {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+    }
+    stack.is_empty() && !quoted
+}
+
+#[test]
+fn dashboards_and_alerts_are_off_by_default_and_rendered_when_enabled() {
+    let Some(helm) = helm_binary() else {
+        skip_or_fail("helm is not built: run testenv/build-binaries and set FLEETSCORE_BIN");
+        return;
+    };
+    let defaults = rendered(&helm, &[]);
+    for kind in ["PodMonitor", "PrometheusRule", "ServiceMonitor"] {
+        assert!(
+            !defaults.iter().any(|d| kind_of(d) == kind),
+            "{kind} rendered by default"
+        );
+    }
+    assert!(
+        !defaults
+            .iter()
+            .any(|d| d["metadata"]["labels"]["grafana_dashboard"].is_string()),
+        "dashboard rendered by default"
+    );
+
+    let docs = rendered(&helm, &MONITORING);
+    let pm = docs
+        .iter()
+        .find(|d| kind_of(d) == "PodMonitor")
+        .expect("a PodMonitor");
+    assert_eq!(pm["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(
+        pm["spec"]["podMetricsEndpoints"][0]["port"], "http",
+        "the container port named http"
+    );
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["path"], "/metrics");
+    assert_eq!(
+        pm["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"],
+        "operator"
+    );
+    let deployment = docs.iter().find(|d| kind_of(d) == "Deployment").unwrap();
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in pm["spec"]["selector"]["matchLabels"].as_mapping().unwrap() {
+        assert_eq!(
+            &pod_labels[k], v,
+            "the PodMonitor selects the operator pod ({k:?})"
+        );
+    }
+
+    let cm = docs
+        .iter()
+        .find(|d| kind_of(d) == "ConfigMap" && d["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .expect("a dashboard ConfigMap with the sidecar's label");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(cm["data"]["fleetscore.json"].as_str().unwrap())
+            .expect("the dashboard is JSON");
+    let titles: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["title"].as_str().unwrap())
+        .collect();
+    for want in [
+        "Runs finished by phase",
+        "Sensors scored per hour",
+        "Failures by reason",
+        "Schedule slots",
+        "Node-pool size",
+        "Node-minutes per run",
+    ] {
+        assert!(
+            titles.iter().any(|t| t.starts_with(want)),
+            "no panel {want:?} in {titles:?}"
+        );
+    }
+    let exported = exported_metric_names();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "panel {} has queries", panel["title"]);
+        for t in targets {
+            let expr = t["expr"].as_str().unwrap();
+            assert!(balanced(expr), "{expr}");
+            let used = metrics_in(expr);
+            assert!(!used.is_empty(), "{expr} uses a fleetscore metric");
+            for m in used {
+                assert!(
+                    exported.contains(&m),
+                    "dashboard panel {}: {m} is not exported by the operator ({exported:?})",
+                    panel["title"]
+                );
+            }
+        }
+    }
+}
+
+/// Alert rules, checked against the Prometheus rule-file schema: promtool cannot be built here
+/// (`go install github.com/prometheus/prometheus/cmd/promtool@v0.306.0` is refused, the module's
+/// go.mod has replace directives), so the test checks what promtool's `check rules` would: names,
+/// durations, labels and annotations, balanced expressions, and only metrics the operator exports.
+#[test]
+fn the_alert_rules_follow_the_rule_schema_and_use_only_exported_metrics() {
+    let Some(helm) = helm_binary() else {
+        skip_or_fail("helm is not built: run testenv/build-binaries and set FLEETSCORE_BIN");
+        return;
+    };
+    let docs = rendered(&helm, &MONITORING);
+    let rule = docs
+        .iter()
+        .find(|d| kind_of(d) == "PrometheusRule")
+        .expect("a PrometheusRule");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    let exported = exported_metric_names();
+    let duration = |s: &str| {
+        !s.is_empty()
+            && s.split_inclusive(|c: char| c.is_ascii_alphabetic())
+                .all(|part| {
+                    let digits = part.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+                    let unit = &part[digits.len()..];
+                    !digits.is_empty()
+                        && digits.chars().all(|c| c.is_ascii_digit())
+                        && ["ms", "s", "m", "h", "d", "w", "y", ""].contains(&unit)
+                })
+    };
+    let mut alerts = Vec::new();
+    let groups = rule["spec"]["groups"].as_sequence().expect("spec.groups");
+    assert!(!groups.is_empty());
+    for group in groups {
+        assert!(
+            group["name"].as_str().is_some_and(|n| !n.is_empty()),
+            "group name"
+        );
+        for r in group["rules"].as_sequence().expect("rules") {
+            let map = r.as_mapping().unwrap();
+            for key in map.keys() {
+                let key = key.as_str().unwrap();
+                assert!(
+                    [
+                        "alert",
+                        "expr",
+                        "for",
+                        "keep_firing_for",
+                        "labels",
+                        "annotations"
+                    ]
+                    .contains(&key),
+                    "unknown rule field {key}"
+                );
+            }
+            let name = r["alert"].as_str().expect("an alerting rule has a name");
+            assert!(
+                name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "{name}"
+            );
+            let expr = r["expr"].as_str().expect("expr").trim();
+            assert!(!expr.is_empty() && balanced(expr), "{name}: {expr}");
+            assert!(
+                !expr.contains("{{"),
+                "{name}: Helm left a template in {expr}"
+            );
+            if let Some(f) = r["for"].as_str() {
+                assert!(duration(f), "{name}: for {f:?}");
+            }
+            for (k, v) in r["labels"].as_mapping().unwrap() {
+                assert!(k.is_string() && v.is_string(), "{name}: labels are strings");
+            }
+            assert!(
+                ["critical", "warning", "info"]
+                    .contains(&r["labels"]["severity"].as_str().unwrap()),
+                "{name}: severity"
+            );
+            assert!(
+                r["annotations"]["summary"]
+                    .as_str()
+                    .is_some_and(|s| !s.is_empty()),
+                "{name}: summary"
+            );
+            let desc = r["annotations"]["description"].as_str().unwrap();
+            assert!(
+                desc.matches("{{").count() == desc.matches("}}").count(),
+                "{name}: {desc}"
+            );
+            for m in metrics_in(expr) {
+                assert!(
+                    exported.contains(&m),
+                    "alert {name}: {m} is not exported by the operator"
+                );
+            }
+            assert!(
+                expr.contains("namespace=\"mon\""),
+                "{name} is scoped to the release namespace: {expr}"
+            );
+            alerts.push(name.to_string());
+        }
+    }
+    for want in [
+        "FleetscoreRunFailed",
+        "FleetscoreRunPartiallySucceeded",
+        "FleetscoreScheduleMissedSlots",
+        "FleetscoreScalerFailing",
+        "FleetscoreOperatorNotReady",
+    ] {
+        assert!(
+            alerts.iter().any(|a| a == want),
+            "no alert {want} in {alerts:?}"
+        );
+    }
+    let not_ready = &groups[0]["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|r| r["alert"] == "FleetscoreOperatorNotReady")
+        .unwrap()["expr"];
+    assert!(
+        not_ready
+            .as_str()
+            .unwrap()
+            .contains("job=~\"fs-fleetscore-metrics|mon/fs-fleetscore\""),
+        "{not_ready:?}: the ServiceMonitor's and PodMonitor's job names"
+    );
 }

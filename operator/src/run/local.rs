@@ -3,7 +3,7 @@
 //!
 //! The same YAML the cluster takes: sensors from the spec (or every model under the prefix),
 //! predictions and per-sensor records written by the scorer under `<output>/<run>/`, plus the
-//! `summary.json` the operator writes in a cluster.
+//! `summary.json` the operator writes in a cluster, and `report.html` beside it.
 
 use std::path::Path;
 
@@ -234,6 +234,17 @@ pub async fn run_local(
         && let Err(e) = out.child("summary.json").put(bytes.into()).await
     {
         tracing::warn!(error = %e, "could not write summary.json");
+    }
+    // The report beside it: best effort, like the summary (the predictions are what counts).
+    match fleetscore_scorer::storage::open(&spec.output) {
+        Ok(out) => {
+            if let Err(e) =
+                fleetscore_scorer::report::write_report(&out, &spec.run_id, &ledger, None).await
+            {
+                tracing::warn!(error = %e, "could not write report.html");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not write report.html"),
     }
     Ok((summary, phase))
 }
