@@ -82,8 +82,7 @@ pub fn partition(file: &str, buf: &[u8]) -> Result<Partitioned, DataError> {
                     continue;
                 }
                 fields.clear();
-                split_quoted(buf, line_start, le, &mut fields);
-                if fields.len() != layout.fields {
+                if split_quoted(buf, line_start, le, layout.fields, &mut fields) != layout.fields {
                     bad += 1;
                     continue;
                 }
