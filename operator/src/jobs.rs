@@ -121,6 +121,9 @@ pub fn score_args(run: &ScoringRun, data: &str, sensors: &[SensorRef]) -> Vec<St
     if spec.scorer.strict {
         args.push("--strict".into());
     }
+    if let Some(p) = spec.scorer.max_bad_rows_percent {
+        args.extend(["--max-bad-rows-percent".into(), p.to_string()]);
+    }
     if let Some(t) = spec.scorer.threads {
         args.extend(["--threads".into(), t.to_string()]);
     }
@@ -394,6 +397,15 @@ mod tests {
              --run-id nightly --sensor 1:4 --aggregate 5m --features mean,max --threads 2 --progress never"
         );
         assert_eq!(ps.containers[0].command.clone().unwrap(), ["fleetscore-scorer"]);
+    }
+
+    #[test]
+    fn a_run_s_bad_row_limit_becomes_the_scorer_flag() {
+        let mut r = run();
+        r.spec.scorer.max_bad_rows_percent = Some(2.5);
+        let job = scoring_job(&r, 0, &[s("1", "4")], "d");
+        let args = job.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap().join(" ");
+        assert!(args.contains("--max-bad-rows-percent 2.5"), "{args}");
     }
 
     #[test]

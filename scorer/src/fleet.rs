@@ -46,8 +46,36 @@ pub struct FleetSpec {
     pub aggregation: Option<Aggregation>,
     /// Fail a sensor on its first missing or malformed value instead of skipping it.
     pub strict: bool,
+    /// Most bad rows (missing, non-numeric or non-finite values, bad timestamps, wrong field
+    /// count) a sensor may have, as a percentage of its rows, before it fails naming the first.
+    #[serde(default = "default_max_bad_rows_percent")]
+    pub max_bad_rows_percent: f64,
     /// Worker threads (None: one per core).
     pub threads: Option<usize>,
+}
+
+/// The default bad-row policy: a sensor fails when more than 1% of its rows are bad.
+pub const DEFAULT_MAX_BAD_ROWS_PERCENT: f64 = 1.0;
+
+fn default_max_bad_rows_percent() -> f64 {
+    DEFAULT_MAX_BAD_ROWS_PERCENT
+}
+
+/// Applies the bad-row policy: an error naming the first bad row when `bad` of `bad + good` rows
+/// is above `max_percent` (`--strict` is a limit of 0 that also fails on a single bad row).
+pub fn check_bad_rows(bad: usize, good: usize, max_percent: f64, first: Option<&str>) -> Result<(), String> {
+    let total = bad + good;
+    if bad == 0 || total == 0 {
+        return Ok(());
+    }
+    let pct = bad as f64 * 100.0 / total as f64;
+    if pct <= max_percent {
+        return Ok(());
+    }
+    let first = first.map_or(String::new(), |f| format!("; first: {f}"));
+    Err(format!(
+        "{bad} of {total} rows are bad ({pct:.2}%, above --max-bad-rows-percent {max_percent}){first}"
+    ))
 }
 
 /// Why a whole run could not proceed (per-sensor failures are records, not errors).
@@ -94,12 +122,15 @@ pub struct FleetSummary {
     pub wall_ms: f64,
     /// Failed sensors and why, sorted by sensor.
     pub failures: Vec<(String, String)>,
-    /// Problems not tied to a sensor that fail the run under `--strict`.
+    /// The first line of the long CSV that named no sensor (file:line: problem).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_bad_row: Option<String>,
+    /// Problems not tied to a sensor that fail the run (`--strict`, or over the bad-row limit).
     pub data_errors: Vec<String>,
 }
 
 impl FleetSummary {
-    /// True when every sensor succeeded and no strict-mode data error was found.
+    /// True when every sensor succeeded and no data error (strict or over the limit) was found.
     pub fn all_succeeded(&self) -> bool {
         self.failed == 0 && self.data_errors.is_empty()
     }
@@ -260,9 +291,16 @@ pub async fn score_fleet(
         let p = result?;
         summary.data_parse_ms = ms(t);
         summary.bad_rows = p.bad_rows;
-        if let Some(e) = p.first_bad_row.filter(|_| spec.strict) {
-            summary.data_errors.push(e.to_string());
+        let first = p.first_bad_row.as_ref().map(ToString::to_string);
+        if let Some(e) = first.as_ref().filter(|_| spec.strict) {
+            summary.data_errors.push(e.clone());
+        } else if let Err(e) =
+            check_bad_rows(p.bad_rows, p.rows - p.bad_rows, spec.max_bad_rows_percent, first.as_deref())
+        {
+            // Lines that name no sensor cannot fail one sensor: they fail the run.
+            summary.data_errors.push(format!("{}: lines naming no sensor: {e}", spec.data));
         }
+        summary.first_bad_row = first;
         parsed = p.sensors;
     }
     run_sensors(spec, sensors, available, parsed, data, out, pool, summary, start, on_sensor_done).await
@@ -320,6 +358,7 @@ struct Scored {
     rows: usize,
     anomalies: usize,
     skipped: usize,
+    first_bad_row: Option<String>,
     parse_ms: f64,
     score_ms: f64,
     format_ms: f64,
@@ -330,6 +369,14 @@ async fn score_sensor(ctx: &Ctx, sensor: SensorId, model: Option<Location>, inpu
     let mut rec = SensorRecord::new(&spec.run_id, &sensor);
     if let Err(e) = score_into(ctx, &sensor, model, input, &mut rec).await {
         rec.fail(format!("sensor {sensor}: {e}"));
+        // A re-run under the same id must not leave the previous run's predictions beside a
+        // Failed record, looking current.
+        let stale = ctx.out.child(&preds_path(&spec.run_id, &sensor));
+        if let Err(e) = stale.delete().await
+            && let Some(prev) = &mut rec.error
+        {
+            prev.push_str(&format!("; removing the previous predictions: {e}"));
+        }
     }
     let log = ctx.out.child(&log_path(&spec.run_id, &sensor));
     if let Err(e) = log.put(Bytes::from(rec.to_json_line())).await {
@@ -384,10 +431,11 @@ async fn score_into(
     let sensor_c = sensor.clone();
     let aggregation = spec.aggregation.clone();
     let strict = spec.strict;
+    let max_bad = spec.max_bad_rows_percent;
     let parallel = ctx.parallel_rows;
     let model_name = model.url.clone();
     ctx.pool.spawn(move || {
-        let r = score_cpu(&sensor_c, &model_name, &model_bytes, series, parts, aggregation.as_ref(), strict, parallel);
+        let r = score_cpu(&sensor_c, &model_name, &model_bytes, series, parts, aggregation.as_ref(), (strict, max_bad), parallel);
         let _ = tx.send(r);
     });
     let scored = rx.await.map_err(|_| "the scoring task stopped unexpectedly".to_string())?;
@@ -401,6 +449,7 @@ async fn score_into(
     rec.rows = scored.rows;
     rec.anomalies = scored.anomalies;
     rec.skipped_rows = scored.skipped;
+    rec.first_bad_row = scored.first_bad_row;
     rec.timings.parse_ms = scored.parse_ms;
     rec.timings.score_ms = scored.score_ms;
     let t = Instant::now();
@@ -421,7 +470,7 @@ fn score_cpu(
     series: Option<Series>,
     parts: Vec<(String, Bytes)>,
     aggregation: Option<&Aggregation>,
-    strict: bool,
+    (strict, max_bad): (bool, f64),
     parallel: bool,
 ) -> Result<Scored, (usize, String)> {
     let t = Instant::now();
@@ -434,8 +483,13 @@ fn score_cpu(
             let opts = CsvOptions { strict: false, parse_time: aggregation.is_some(), select: Some(&select) };
             for (url, bytes) in &parts {
                 let p = parse(url, bytes, &opts).map_err(|e| (all.skipped_rows, e.to_string()))?;
-                if let Some(e) = p.first_bad_row.filter(|_| strict) {
+                if let Some(e) = p.first_bad_row.as_ref().filter(|_| strict) {
                     return Err((all.skipped_rows, e.to_string()));
+                }
+                // A sensor's own part file: lines with a wrong field count are its bad rows too.
+                all.skipped_rows += p.bad_rows;
+                if all.first_issue.is_none() {
+                    all.first_issue = p.first_bad_row;
                 }
                 for (_, s) in p.sensors {
                     all.append(s);
@@ -445,9 +499,11 @@ fn score_cpu(
         }
     };
     let skipped = series.skipped_rows;
-    if let Some(issue) = series.first_issue.as_ref().filter(|_| strict) {
+    let first_bad_row = series.first_issue.as_ref().map(ToString::to_string);
+    if let Some(issue) = first_bad_row.as_ref().filter(|_| strict) {
         return Err((skipped, format!("--strict: {issue}")));
     }
+    check_bad_rows(skipped, series.len(), max_bad, first_bad_row.as_deref()).map_err(|e| (skipped, e))?;
     let d = model.n_features();
     let (x, ts_windows) = match aggregation {
         None => {
@@ -487,7 +543,7 @@ fn score_cpu(
             Some(starts) => w.row(format_ms(starts[i]).as_bytes(), val, anomaly, dec),
         }
     }
-    Ok(Scored { preds: w.finish(), rows, anomalies, skipped, parse_ms, score_ms, format_ms: ms(t) })
+    Ok(Scored { preds: w.finish(), rows, anomalies, skipped, first_bad_row, parse_ms, score_ms, format_ms: ms(t) })
 }
 
 fn score(model: &Model, x: &Array2<f64>, parallel: bool) -> Result<ndarray::Array1<f64>, ModelError> {
@@ -538,6 +594,16 @@ mod tests {
         assert!(is_long_csv("az://c/x/ALL.CSV"));
         assert!(!is_long_csv("az://c/partitioned/"));
         assert!(!is_long_csv("/tmp/parts"));
+    }
+
+    #[test]
+    fn the_bad_row_policy_fails_above_the_percentage_naming_the_first_bad_row() {
+        assert_eq!(check_bad_rows(0, 0, 1.0, None), Ok(()));
+        assert_eq!(check_bad_rows(1, 99, 1.0, Some("x.csv:5: field Value: missing value")), Ok(()));
+        let err = check_bad_rows(2, 98, 1.0, Some("x.csv:5: field Value: missing value")).unwrap_err();
+        assert!(err.contains("2 of 100 rows are bad (2.00%") && err.contains("first: x.csv:5"), "{err}");
+        assert!(check_bad_rows(1, 0, 100.0, None).is_ok());
+        assert!(check_bad_rows(1, 1_000_000, 0.0, None).is_err());
     }
 
     #[test]

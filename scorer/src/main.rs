@@ -82,6 +82,10 @@ struct ScoreArgs {
     /// Fail a sensor at its first missing or malformed value (default: count and skip them).
     #[arg(long)]
     strict: bool,
+    /// Fail a sensor whose bad rows (missing, non-numeric, non-finite, wrong field count) are more
+    /// than this percentage of its rows, naming the first; 100 never fails.
+    #[arg(long, default_value_t = fleetscore_scorer::fleet::DEFAULT_MAX_BAD_ROWS_PERCENT, value_parser = percent)]
+    max_bad_rows_percent: f64,
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -290,6 +294,7 @@ async fn score(a: ScoreArgs) -> Result<ExitCode, Failure> {
         sensors: if a.all { SensorSelection::All } else { SensorSelection::List(a.sensors) },
         aggregation,
         strict: a.strict,
+        max_bad_rows_percent: a.max_bad_rows_percent,
         threads: a.threads,
     };
     let tty = std::io::stderr().is_terminal();
@@ -524,4 +529,12 @@ async fn inspect(a: InspectArgs) -> Result<ExitCode, Failure> {
         None => println!("scaler           none"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Parses `--max-bad-rows-percent`: a number from 0 to 100.
+fn percent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a percentage from 0 to 100")),
+    }
 }

@@ -78,6 +78,9 @@ pub struct SensorRecord {
     pub anomalies: usize,
     /// Rows skipped for missing or malformed values.
     pub skipped_rows: usize,
+    /// The first skipped row (file:line: field: problem), when any was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_bad_row: Option<String>,
     /// Where the predictions were written, if they were.
     pub predictions: Option<String>,
     /// Time per step.
@@ -100,6 +103,7 @@ impl SensorRecord {
             rows: 0,
             anomalies: 0,
             skipped_rows: 0,
+            first_bad_row: None,
             predictions: None,
             timings: Timings::default(),
             outcome: Outcome::Succeeded,

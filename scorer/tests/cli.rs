@@ -166,6 +166,61 @@ fn bad_values_are_skipped_and_counted_or_fail_the_sensor_under_strict() {
 }
 
 #[test]
+fn more_bad_rows_than_the_limit_fail_the_sensor_naming_the_first_and_remove_stale_predictions() {
+    let dir = fleet();
+    let d = dir.path();
+    let good = read(d, "data.csv");
+    // 360 rows per sensor; 5 bad ones for 1:1 are 1.4%, above the default 1%.
+    let mut csv = good.clone();
+    for i in 0..5 {
+        csv.push_str(&format!("2018-08-29 05:0{i}:00.000,1,1,{}\n", ["", "nan", "inf", "x", "1e999"][i]));
+    }
+    std::fs::write(d.join("bad.csv"), &csv).unwrap();
+    let base = ["score", "--models", "models", "--output", "out", "--sensor", "1:1,1:2", "--run-id", "r"];
+    // A first, good run writes predictions for 1:1 ...
+    let o = run(&[&base[..], &["--data", "data.csv"]].concat(), d);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(d.join("out/r/preds/preds_1_1.csv").exists());
+    // ... the re-run under the same id fails it: no stale predictions stay beside the record.
+    let o = run(&[&base[..], &["--data", "bad.csv"]].concat(), d);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    let log: serde_json::Value = serde_json::from_str(&read(d, "out/r/logs/1_1.json")).unwrap();
+    assert_eq!(log["outcome"], "Failed");
+    assert_eq!(log["skipped_rows"], 5);
+    let err = log["error"].as_str().unwrap();
+    let first = good.lines().count() + 1;
+    assert!(err.contains("5 of 365 rows are bad") && err.contains(&format!("bad.csv:{first}")), "{err}");
+    assert!(!d.join("out/r/preds/preds_1_1.csv").exists());
+    assert!(d.join("out/r/preds/preds_1_2.csv").exists());
+    // A looser policy accepts them, still counted and named in the record.
+    let o = run(&[&base[..], &["--data", "bad.csv", "--max-bad-rows-percent", "5"]].concat(), d);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let log: serde_json::Value = serde_json::from_str(&read(d, "out/r/logs/1_1.json")).unwrap();
+    assert_eq!((log["outcome"].as_str(), log["skipped_rows"].as_u64()), (Some("Succeeded"), Some(5)));
+    assert!(log["first_bad_row"].as_str().unwrap().contains(&format!("bad.csv:{first}")), "{log}");
+    let o = run(&[&base[..], &["--data", "bad.csv", "--max-bad-rows-percent", "101"]].concat(), d);
+    assert_eq!(code(&o), 2, "{}", text(&o));
+}
+
+#[test]
+fn lines_naming_no_sensor_above_the_limit_fail_the_run() {
+    let dir = fleet();
+    let d = dir.path();
+    let mut csv = read(d, "data.csv");
+    for _ in 0..40 {
+        csv.push_str("2018-08-29 05:00:00.000,1\n");
+    }
+    std::fs::write(d.join("bad.csv"), &csv).unwrap();
+    let base = ["score", "--models", "models", "--data", "bad.csv", "--output", "out", "--all", "--json"];
+    let o = run(&[&base[..], &["--run-id", "a"]].concat(), d);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(text(&o).contains("lines naming no sensor: 40 of 2200 rows are bad"), "{}", text(&o));
+    let o = run(&[&base[..], &["--run-id", "b", "--max-bad-rows-percent", "2"]].concat(), d);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("\"bad_rows\":40"), "{}", text(&o));
+}
+
+#[test]
 fn aggregated_features_must_match_the_model_and_then_score_windows() {
     let dir = fleet();
     let d = dir.path();
