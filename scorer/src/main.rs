@@ -144,8 +144,9 @@ struct TrainArgs {
     /// Kernel coefficient: scale, auto or a positive number.
     #[arg(long, default_value = "scale")]
     gamma: String,
-    /// Most training rows per sensor (more are thinned evenly).
-    #[arg(long, default_value_t = 2000)]
+    /// Most training rows per sensor: more are thinned to this many evenly spaced rows, which
+    /// moves the boundary and the Score scale (the library's default, so both agree).
+    #[arg(long, default_value_t = fleetscore_scorer::model::train::TrainParams::default().max_rows)]
     max_rows: usize,
     #[command(flatten)]
     agg: AggArgs,

@@ -120,6 +120,12 @@ fn help_describes_every_command() {
     }
     let o = bin().args(["score", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&o.stdout).contains("--aggregate"));
+    let o = bin().args(["score", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("--max-bad-rows-percent"));
+    // The CLI thins training data exactly as the library (and MODEL_FORMAT.md) says.
+    let o = bin().args(["train", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(help.contains("[default: 4000]"), "{help}");
 }
 
 #[test]
