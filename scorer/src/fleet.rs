@@ -210,27 +210,88 @@ pub fn is_long_csv(url: &str) -> bool {
 /// Model file extensions, in order of preference when several exist for one sensor.
 const MODEL_EXTS: [&str; 4] = [".json", ".pkl", ".joblib", ""];
 
-/// Lists the models prefix: each sensor's chosen model object.
+/// Lists the models prefix: each sensor's chosen model object. Names with more than one `_`
+/// (the reference's `model_<D>_<T>` for a device or tag holding `_`) name no sensor for sure and
+/// are left out; [`score_fleet`] still uses them for sensors asked for by name.
 pub async fn list_models(models: &Location) -> Result<BTreeMap<SensorId, Location>, StorageError> {
+    Ok(scan_models(models).await?.0)
+}
+
+/// The models prefix as (sensor → model, ambiguous `model_…` stem → model), best extension first.
+async fn scan_models(
+    models: &Location,
+) -> Result<(BTreeMap<SensorId, Location>, BTreeMap<String, Location>), StorageError> {
     let mut found: BTreeMap<SensorId, (usize, String)> = BTreeMap::new();
+    let mut ambiguous: BTreeMap<String, (usize, String)> = BTreeMap::new();
+    let better = |map_rank: Option<usize>, rank: usize| map_rank.is_none_or(|r| rank < r);
     for path in models.list().await? {
         let Some(rel) = models.relative(&path) else { continue };
         if rel.contains('/') {
             continue;
         }
-        let Some(sensor) = SensorId::from_model_file_name(&rel) else { continue };
-        let rank = MODEL_EXTS
-            .iter()
-            .position(|ext| rel == format!("{}{ext}", sensor.model_stem()))
-            .unwrap_or(MODEL_EXTS.len());
-        match found.get(&sensor) {
-            Some((r, _)) if *r <= rank => {}
-            _ => {
-                found.insert(sensor, (rank, rel));
+        // Listed names come percent-encoded by object_store (`%` is `%25`); parse the real name.
+        let rel = store_decode(&rel);
+        let Some(stem) = crate::sensor::model_file_stem(&rel) else { continue };
+        let stem = format!("model_{stem}");
+        let rank = MODEL_EXTS.iter().position(|ext| rel == format!("{stem}{ext}")).unwrap_or(MODEL_EXTS.len());
+        match SensorId::from_model_file_name(&rel) {
+            Some(sensor) => {
+                if better(found.get(&sensor).map(|e| e.0), rank) {
+                    found.insert(sensor, (rank, rel));
+                }
+            }
+            None => {
+                if better(ambiguous.get(&stem).map(|e| e.0), rank) {
+                    ambiguous.insert(stem, (rank, rel));
+                }
             }
         }
     }
-    Ok(found.into_iter().map(|(s, (_, rel))| (s, models.child(&rel))).collect())
+    let found = found.into_iter().map(|(k, (_, rel))| (k, models.child(&rel))).collect();
+    let ambiguous = ambiguous.into_iter().map(|(k, (_, rel))| (k, models.child(&rel))).collect();
+    Ok((found, ambiguous))
+}
+
+/// Undoes object_store's percent-encoding of a listed path part (`%XX` → the byte).
+fn store_decode(s: &str) -> String {
+    if !s.contains('%') {
+        return s.to_string();
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Adds, for each sensor asked for by name without a model of its own, the reference's
+/// unescaped `model_<D>_<T>` when no other sensor asked for has that same name.
+fn resolve_raw_names(sensors: &[SensorId], available: &mut BTreeMap<SensorId, Location>, raw: &BTreeMap<String, Location>) {
+    let mut claims: BTreeMap<String, usize> = BTreeMap::new();
+    for s in sensors {
+        *claims.entry(s.raw_model_stem()).or_default() += 1;
+    }
+    for s in sensors {
+        if available.contains_key(s) {
+            continue;
+        }
+        let stem = s.raw_model_stem();
+        if let (Some(loc), Some(1)) = (raw.get(&stem), claims.get(&stem)) {
+            available.insert(s.clone(), loc.clone());
+        }
+    }
 }
 
 /// Scores a fleet; `on_sensor_done` is called once per sensor as soon as its record is final.
@@ -252,12 +313,14 @@ pub async fn score_fleet(
     let data = open(&spec.data)?;
     let out = open(&spec.output)?;
 
-    let available = list_models(&models).await?;
+    let (mut available, raw) = scan_models(&models).await?;
     let sensors: Vec<SensorId> = match &spec.sensors {
         SensorSelection::All => available.keys().cloned().collect(),
         SensorSelection::List(list) => {
             let mut seen = HashSet::new();
-            list.iter().filter(|s| seen.insert((*s).clone())).cloned().collect()
+            let sensors: Vec<SensorId> = list.iter().filter(|s| seen.insert((*s).clone())).cloned().collect();
+            resolve_raw_names(&sensors, &mut available, &raw);
+            sensors
         }
     };
     if sensors.is_empty() {
@@ -398,7 +461,9 @@ async fn score_into(
 ) -> Result<(), String> {
     let spec = &ctx.spec;
     let model = model.ok_or_else(|| {
-        format!("no model {}[.json|.pkl|.joblib] under {}", sensor.model_stem(), spec.models)
+        let (stem, raw) = (sensor.model_stem(), sensor.raw_model_stem());
+        let or_raw = if raw == stem { String::new() } else { format!(" (or, unless another sensor asked for has that name, {raw})") };
+        format!("no model {stem}[.json|.pkl|.joblib]{or_raw} under {}", spec.models)
     })?;
     rec.model = Some(model.url.clone());
     let t = Instant::now();

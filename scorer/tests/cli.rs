@@ -227,6 +227,43 @@ fn lines_naming_no_sensor_above_the_limit_fail_the_run() {
 }
 
 #[test]
+fn tags_with_underscores_get_their_own_files_and_the_reference_s_names_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut csv = String::from("TS,Device,Tag,Value\n");
+    for i in 0..60 {
+        for (dev, tag) in [("pump", "temp_1"), ("1_2", "3"), ("1", "2_3")] {
+            csv.push_str(&format!("2018-08-28 23:{i:02}:00.000,{dev},{tag},{}\n", 50.0 + (i % 7) as f64));
+        }
+    }
+    std::fs::write(d.join("data.csv"), csv).unwrap();
+    let o = run(&["train", "--data", "data.csv", "--models", "models", "--nu", "0.1"], d);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let o = run(&["score", "--models", "models", "--data", "data.csv", "--output", "out", "--run-id", "r", "--all"], d);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    // `1_2:3` and `1:2_3` no longer write the same file; --all invents no `pump_temp:1`.
+    for stem in ["pump_temp=5F1", "1=5F2_3", "1_2=5F3"] {
+        assert_eq!(read(d, &format!("out/r/preds/preds_{stem}.csv")).lines().count(), 61, "{stem}");
+        assert!(d.join(format!("out/r/logs/{stem}.json")).exists(), "{stem}");
+    }
+    // The reference names the model model_pump_temp_1: ambiguous for --all, found by name.
+    std::fs::create_dir_all(d.join("reference")).unwrap();
+    std::fs::copy(d.join("models/model_pump_temp=5F1.json"), d.join("reference/model_pump_temp_1.json")).unwrap();
+    let o = run(&["score", "--models", "reference", "--data", "data.csv", "--output", "out", "--run-id", "all", "--all"], d);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(text(&o).contains("no model_<D>_<T> files under reference"), "{}", text(&o));
+    let base = ["score", "--models", "reference", "--data", "data.csv", "--output", "out"];
+    let o = run(&[&base[..], &["--run-id", "one", "--sensor", "pump:temp_1"]].concat(), d);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_eq!(read(d, "out/one/preds/preds_pump_temp=5F1.csv"), read(d, "out/r/preds/preds_pump_temp=5F1.csv"));
+    // Asked for together, pump:temp_1 and pump_temp:1 could both mean that file: neither takes it.
+    let o = run(&[&base[..], &["--run-id", "two", "--sensor", "pump:temp_1,pump_temp:1"]].concat(), d);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    let log: serde_json::Value = serde_json::from_str(&read(d, "out/two/logs/pump_temp=5F1.json")).unwrap();
+    assert!(log["error"].as_str().unwrap().contains("or, unless another sensor"), "{log}");
+}
+
+#[test]
 fn aggregated_features_must_match_the_model_and_then_score_windows() {
     let dir = fleet();
     let d = dir.path();
