@@ -141,13 +141,17 @@ pub fn features_arg(features: &[crate::crd::run::Feature]) -> String {
 
 /// The prepare step's arguments: partition the one CSV into `<output>/<run>/partitions`.
 pub fn prepare_args(run: &ScoringRun) -> Vec<String> {
-    vec![
+    let mut args: Vec<String> = vec![
         "partition".into(),
         "--input".into(),
         run.spec.storage.data.clone(),
         "--output".into(),
         partitions_url(run),
-    ]
+    ];
+    if let Some(p) = run.spec.scorer.max_bad_rows_percent {
+        args.extend(["--max-bad-rows-percent".into(), p.to_string()]);
+    }
+    args
 }
 
 fn owner_ref(run: &ScoringRun) -> Option<OwnerReference> {
@@ -406,6 +410,7 @@ mod tests {
         let job = scoring_job(&r, 0, &[s("1", "4")], "d");
         let args = job.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap().join(" ");
         assert!(args.contains("--max-bad-rows-percent 2.5"), "{args}");
+        assert!(prepare_args(&r).join(" ").ends_with("--max-bad-rows-percent 2.5"));
     }
 
     #[test]

@@ -582,6 +582,9 @@ fn score_cpu(
             (w.x, Some(w.start_ms))
         }
     };
+    // The aggregation contract: window and feature names, mapped by name when only the order differs.
+    let order = feature_order(model.meta(), aggregation).map_err(|e| (skipped, format!("{model_name}: {e}")))?;
+    let x_model = order.map(|idx| x.select(ndarray::Axis(1), &idx));
     if x.ncols() != d {
         let how = match aggregation {
             None => "raw values give 1 feature; use --aggregate/--features to match the model".to_string(),
@@ -592,7 +595,7 @@ fn score_cpu(
     let parse_ms = ms(t);
 
     let t = Instant::now();
-    let decisions = score(&model, &x, parallel).map_err(|e| (skipped, format!("scoring with {model_name}: {e}")))?;
+    let decisions = score(&model, x_model.as_ref().unwrap_or(&x), parallel).map_err(|e| (skipped, format!("scoring with {model_name}: {e}")))?;
     let score_ms = ms(t);
 
     let t = Instant::now();
@@ -609,6 +612,38 @@ fn score_cpu(
         }
     }
     Ok(Scored { preds: w.finish(), rows, anomalies, skipped, first_bad_row, parse_ms, score_ms, format_ms: ms(t) })
+}
+
+/// Checks a model's recorded aggregation contract against the run's; returns the column order
+/// the model wants when its feature names are the run's in another order.
+fn feature_order(meta: &crate::model::ModelMeta, aggregation: Option<&Aggregation>) -> Result<Option<Vec<usize>>, String> {
+    let run: Option<Vec<String>> = aggregation.map(|a| a.features_text().split(',').map(str::to_string).collect());
+    if let Some(window) = &meta.aggregate {
+        let names = meta.feature_names.as_ref().map(|n| n.join(",")).unwrap_or_default();
+        match aggregation {
+            None => return Err(format!("fitted on {window} windows of {names}: score with --aggregate {window} --features {names}")),
+            Some(a) if a.interval_text() != *window => {
+                return Err(format!("fitted on {window} windows, but --aggregate is {}", a.interval_text()));
+            }
+            Some(_) => {}
+        }
+    }
+    let Some(names) = &meta.feature_names else { return Ok(None) };
+    let is_feature = |n: &String| crate::data::aggregate::Aggregation::parse("1m", n).is_ok();
+    let Some(run) = run else {
+        if !names.is_empty() && names.iter().all(is_feature) {
+            return Err(format!("fitted on aggregated features {}: use --aggregate and --features", names.join(",")));
+        }
+        return Ok(None);
+    };
+    if *names == run {
+        return Ok(None);
+    }
+    let idx: Option<Vec<usize>> = names.iter().map(|n| run.iter().position(|r| r == n)).collect();
+    match idx {
+        Some(idx) if names.len() == run.len() => Ok(Some(idx)),
+        _ => Err(format!("fitted on features [{}] but --features gives [{}]", names.join(","), run.join(","))),
+    }
 }
 
 fn score(model: &Model, x: &Array2<f64>, parallel: bool) -> Result<ndarray::Array1<f64>, ModelError> {
@@ -669,6 +704,22 @@ mod tests {
         assert!(err.contains("2 of 100 rows are bad (2.00%") && err.contains("first: x.csv:5"), "{err}");
         assert!(check_bad_rows(1, 0, 100.0, None).is_ok());
         assert!(check_bad_rows(1, 1_000_000, 0.0, None).is_err());
+    }
+
+    #[test]
+    fn feature_names_like_sklearn_s_feature_names_in_map_by_name_or_refuse() {
+        use crate::model::ModelMeta;
+        let names = |n: &[&str]| ModelMeta { feature_names: Some(n.iter().map(|s| s.to_string()).collect()), ..ModelMeta::default() };
+        let agg = |f: &str| Aggregation::parse("5m", f).unwrap();
+        // A DataFrame fitted on ["mean", "std"], scored with std,mean: columns swapped back.
+        assert_eq!(feature_order(&names(&["mean", "std"]), Some(&agg("std,mean"))), Ok(Some(vec![1, 0])));
+        assert_eq!(feature_order(&names(&["mean", "std"]), Some(&agg("mean,std"))), Ok(None));
+        let err = feature_order(&names(&["mean", "std"]), Some(&agg("mean,max"))).unwrap_err();
+        assert!(err.contains("[mean,std] but --features gives [mean,max]"), "{err}");
+        assert!(feature_order(&names(&["mean", "std"]), None).unwrap_err().contains("use --aggregate"));
+        // A raw column name says nothing about aggregation.
+        assert_eq!(feature_order(&names(&["Value"]), None), Ok(None));
+        assert_eq!(feature_order(&ModelMeta::default(), Some(&agg("mean"))), Ok(None));
     }
 
     #[test]

@@ -122,6 +122,9 @@ struct PartitionArgs {
     /// The long CSV to split.
     #[arg(long)]
     input: String,
+    /// Fail (exit 1, nothing written) when lines naming no sensor are more than this percentage.
+    #[arg(long, default_value_t = fleetscore_scorer::fleet::DEFAULT_MAX_BAD_ROWS_PERCENT, value_parser = percent)]
+    max_bad_rows_percent: f64,
     /// Output prefix.
     #[arg(long)]
     output: String,
@@ -386,6 +389,12 @@ async fn partition_cmd(a: PartitionArgs) -> Result<ExitCode, Failure> {
     let parts = tokio::task::spawn_blocking(move || partition(&file, &buf)).await.context("partition task")??;
     let rows: usize = parts.parts.iter().map(|p| p.rows).sum();
     let n = parts.parts.len();
+    // Lines naming no sensor never reach a part file: the policy must be applied here.
+    let first = parts.first_bad_row.as_ref().map(|f| format!("{f}: the line names no sensor"));
+    if let Err(e) = fleetscore_scorer::fleet::check_bad_rows(parts.bad_rows, rows, a.max_bad_rows_percent, first.as_deref()) {
+        eprintln!("error: {}: lines naming no sensor: {e}", a.input);
+        return Ok(ExitCode::from(1));
+    }
     let mut writes = futures::stream::iter(parts.parts.into_iter().map(|p| {
         let dest = out.child(&p.path);
         async move { dest.put(p.content).await }
@@ -432,9 +441,13 @@ async fn train_cmd(a: TrainArgs) -> Result<ExitCode, Failure> {
                     Some(agg) => Ok(aggregate(agg, &series.time_ms, &series.values).x),
                 };
                 let r = x.and_then(|x| {
-                    train(x.view(), &params)
-                        .map_err(|e| e.to_string())
-                        .and_then(|m| m.to_native_bytes().map_err(|e| e.to_string()))
+                    let mut m = train(x.view(), &params).map_err(|e| e.to_string())?;
+                    // Record the aggregation contract, so scoring with another is refused.
+                    if let Some(agg) = &aggregation {
+                        m.meta_mut().aggregate = Some(agg.interval_text());
+                        m.meta_mut().feature_names = Some(agg.features_text().split(',').map(str::to_string).collect());
+                    }
+                    m.to_native_bytes().map_err(|e| e.to_string())
                 });
                 (sensor, r)
             })

@@ -224,6 +224,14 @@ fn lines_naming_no_sensor_above_the_limit_fail_the_run() {
     let o = run(&[&base[..], &["--run-id", "b", "--max-bad-rows-percent", "2"]].concat(), d);
     assert_eq!(code(&o), 0, "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("\"bad_rows\":40"), "{}", text(&o));
+    // The prepare step drops such lines from the parts, so it applies the same policy.
+    let line = read(d, "data.csv").lines().count() + 1;
+    let o = run(&["partition", "--input", "bad.csv", "--output", "parts"], d);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(text(&o).contains("40 of 2200 rows are bad (1.82%") && text(&o).contains(&format!("bad.csv:{line}")), "{}", text(&o));
+    assert!(!d.join("parts").exists());
+    let o = run(&["partition", "--input", "bad.csv", "--output", "parts", "--max-bad-rows-percent", "2"], d);
+    assert_eq!(code(&o), 0, "{}", text(&o));
 }
 
 #[test]
@@ -284,7 +292,25 @@ fn aggregated_features_must_match_the_model_and_then_score_windows() {
     let o = run(&["score", "--models", "agg-models", "--data", "data.csv", "--output", "out", "--run-id", "raw", "--sensor", "1:1"], d);
     assert_eq!(code(&o), 1);
     let log: serde_json::Value = serde_json::from_str(&read(d, "out/raw/logs/1_1.json")).unwrap();
-    assert!(log["error"].as_str().unwrap().contains("expects 3 feature"), "{log}");
+    assert!(log["error"].as_str().unwrap().contains("fitted on 5m windows of mean,std,max"), "{log}");
+    // The contract is stored: another window or other features are refused, naming both ...
+    let agg = |id: &str, window: &str, features: &str| {
+        let args = ["score", "--models", "agg-models", "--data", "data.csv", "--output", "out", "--sensor", "1:1"];
+        run(&[&args[..], &["--run-id", id, "--aggregate", window, "--features", features]].concat(), d)
+    };
+    let o = agg("1m", "1m", "mean,std,max");
+    assert_eq!(code(&o), 1);
+    assert!(read(d, "out/1m/logs/1_1.json").contains("fitted on 5m windows, but --aggregate is 1m"));
+    let o = agg("min", "5m", "mean,std,min");
+    assert_eq!(code(&o), 1);
+    assert!(read(d, "out/min/logs/1_1.json").contains("fitted on features [mean,std,max] but --features gives [mean,std,min]"));
+    // ... and the same features in another order are mapped by name: the same scores.
+    let o = agg("reordered", "5m", "max,mean,std");
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let scores = |rel: &str| read(d, rel).lines().map(|l| l.rsplit(',').next().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(scores("out/reordered/preds/preds_1_1.csv"), scores("out/agg/preds/preds_1_1.csv"));
+    let model = read(d, "agg-models/model_1_1.json");
+    assert!(model.contains("\"std_ddof\": 0") && model.contains("\"interval\": \"5m\""), "{model}");
 }
 
 #[test]

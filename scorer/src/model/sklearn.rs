@@ -73,7 +73,7 @@ pub fn model_from_pickle(p: &Pickle) -> Result<Model, ModelError> {
     } else {
         SourceFormat::SklearnPickle { protocol: p.protocol }
     };
-    Model::new(scaler, svm, ModelMeta { source: Some(source), sklearn_version: version, trained_by: None })
+    Model::new(scaler, svm, ModelMeta { source: Some(source), sklearn_version: version, ..ModelMeta::default() })
 }
 
 type Parts = (Option<Scaler>, OneClassSvm, Option<String>);

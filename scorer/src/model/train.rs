@@ -187,6 +187,7 @@ pub fn train(x: ArrayView2<f64>, params: &TrainParams) -> Result<Model, TrainErr
             params.tol,
             z.nrows()
         )),
+        ..ModelMeta::default()
     };
     Model::new(Some(Scaler { mean: Some(mean), scale: Some(scale) }), model_svm, meta).map_err(|e| Box::new(e).into())
 }
