@@ -373,12 +373,12 @@ impl Model {
         &self.svm
     }
 
-    /// Descriptive metadata.
+    /// Descriptive metadata, to record what scoring does not read (e.g. a trainer's contract).
     pub fn meta_mut(&mut self) -> &mut ModelMeta {
         &mut self.meta
     }
 
-    /// Descriptive facts (source, versions, feature contract).
+    /// Descriptive metadata.
     pub fn meta(&self) -> &ModelMeta {
         &self.meta
     }
