@@ -93,7 +93,7 @@ pub fn model_from_pickle(p: &Pickle) -> Result<Model, ModelError> {
         ModelMeta {
             source: Some(source),
             sklearn_version: version,
-            trained_by: None,
+            ..ModelMeta::default()
         },
     )
 }
