@@ -47,12 +47,45 @@ pub struct FleetSpec {
     pub aggregation: Option<Aggregation>,
     /// Fail a sensor on its first missing or malformed value instead of skipping it.
     pub strict: bool,
+    /// Most bad rows (missing, non-numeric or non-finite values, bad timestamps, wrong field
+    /// count) a sensor may have, as a percentage of its rows, before it fails naming the first.
+    #[serde(default = "default_max_bad_rows_percent")]
+    pub max_bad_rows_percent: f64,
     /// Worker threads (None: one per core).
     pub threads: Option<usize>,
     /// Device-level models (`--device-features`): each model `model_<D>_<T>` reads these tags of
     /// device D per row, aligned by timestamp or window (see [`crate::data::device`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_features: Option<Vec<String>>,
+}
+
+/// The default bad-row policy: a sensor fails when more than 1% of its rows are bad.
+pub const DEFAULT_MAX_BAD_ROWS_PERCENT: f64 = 1.0;
+
+fn default_max_bad_rows_percent() -> f64 {
+    DEFAULT_MAX_BAD_ROWS_PERCENT
+}
+
+/// Applies the bad-row policy: an error naming the first bad row when `bad` of `bad + good` rows
+/// is above `max_percent` (`--strict` is a limit of 0 that also fails on a single bad row).
+pub fn check_bad_rows(
+    bad: usize,
+    good: usize,
+    max_percent: f64,
+    first: Option<&str>,
+) -> Result<(), String> {
+    let total = bad + good;
+    if bad == 0 || total == 0 {
+        return Ok(());
+    }
+    let pct = bad as f64 * 100.0 / total as f64;
+    if pct <= max_percent {
+        return Ok(());
+    }
+    let first = first.map_or(String::new(), |f| format!("; first: {f}"));
+    Err(format!(
+        "{bad} of {total} rows are bad ({pct:.2}%, above --max-bad-rows-percent {max_percent}){first}"
+    ))
 }
 
 /// Why a whole run could not proceed (per-sensor failures are records, not errors).
@@ -102,12 +135,15 @@ pub struct FleetSummary {
     pub wall_ms: f64,
     /// Failed sensors and why, sorted by sensor.
     pub failures: Vec<(String, String)>,
-    /// Problems not tied to a sensor that fail the run under `--strict`.
+    /// The first line of the long CSV that named no sensor (file:line: problem).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_bad_row: Option<String>,
+    /// Problems not tied to a sensor that fail the run (`--strict`, or over the bad-row limit).
     pub data_errors: Vec<String>,
 }
 
 impl FleetSummary {
-    /// True when every sensor succeeded and no strict-mode data error was found.
+    /// True when every sensor succeeded and no data error (strict or over the limit) was found.
     pub fn all_succeeded(&self) -> bool {
         self.failed == 0 && self.data_errors.is_empty()
     }
@@ -205,9 +241,11 @@ pub fn scaler_sidecar_sensor(name: &str) -> Option<SensorId> {
     SensorId::from_model_file_name(stem)
 }
 
-/// Lists the models prefix: each sensor's chosen model object.
+/// Lists the models prefix: each sensor's chosen model object. Names with more than one `_`
+/// (the reference's `model_<D>_<T>` for a device or tag holding `_`) name no sensor for sure and
+/// are left out; [`score_fleet`] still uses them for sensors asked for by name.
 pub async fn list_models(models: &Location) -> Result<BTreeMap<SensorId, Location>, StorageError> {
-    Ok(list_models_and_scalers(models).await?.0)
+    Ok(scan_models(models).await?.found)
 }
 
 /// Sensors' model objects and scaler sidecars (a sensor's sidecar is used only with its model).
@@ -215,8 +253,25 @@ type ModelsAndScalers = (BTreeMap<SensorId, Location>, BTreeMap<SensorId, Locati
 
 /// Lists the models prefix once: each sensor's chosen model object, and its scaler sidecar if any.
 pub async fn list_models_and_scalers(models: &Location) -> Result<ModelsAndScalers, StorageError> {
+    let scan = scan_models(models).await?;
+    Ok((scan.found, scan.scalers))
+}
+
+/// One listing of the models prefix, best extension first.
+struct ModelScan {
+    /// Sensor → model.
+    found: BTreeMap<SensorId, Location>,
+    /// Ambiguous `model_…` stem → model (the reference's names with more than one `_`).
+    ambiguous: BTreeMap<String, Location>,
+    /// Sensor → scaler sidecar.
+    scalers: BTreeMap<SensorId, Location>,
+}
+
+async fn scan_models(models: &Location) -> Result<ModelScan, StorageError> {
     let mut found: BTreeMap<SensorId, (usize, String)> = BTreeMap::new();
+    let mut ambiguous: BTreeMap<String, (usize, String)> = BTreeMap::new();
     let mut scalers: BTreeMap<SensorId, (usize, String)> = BTreeMap::new();
+    let better = |map_rank: Option<usize>, rank: usize| map_rank.is_none_or(|r| rank < r);
     for path in models.list().await? {
         let Some(rel) = models.relative(&path) else {
             continue;
@@ -224,37 +279,101 @@ pub async fn list_models_and_scalers(models: &Location) -> Result<ModelsAndScale
         if rel.contains('/') {
             continue;
         }
+        // Listed names come percent-encoded by object_store (`%` is `%25`); parse the real name.
+        let rel = store_decode(&rel);
         if let Some(sensor) = scaler_sidecar_sensor(&rel) {
             // .scaler.pkl before .scaler.joblib, like the models' own order.
             let rank = SCALER_SIDECARS
                 .iter()
                 .position(|s| rel.ends_with(s))
                 .unwrap_or(SCALER_SIDECARS.len());
-            if scalers.get(&sensor).is_none_or(|(r, _)| rank < *r) {
+            if better(scalers.get(&sensor).map(|e| e.0), rank) {
                 scalers.insert(sensor, (rank, rel));
             }
             continue;
         }
-        let Some(sensor) = SensorId::from_model_file_name(&rel) else {
+        let Some(stem) = crate::sensor::model_file_stem(&rel) else {
             continue;
         };
+        let stem = format!("model_{stem}");
         let rank = MODEL_EXTS
             .iter()
-            .position(|ext| rel == format!("{}{ext}", sensor.model_stem()))
+            .position(|ext| rel == format!("{stem}{ext}"))
             .unwrap_or(MODEL_EXTS.len());
-        match found.get(&sensor) {
-            Some((r, _)) if *r <= rank => {}
-            _ => {
-                found.insert(sensor, (rank, rel));
+        match SensorId::from_model_file_name(&rel) {
+            Some(sensor) => {
+                if better(found.get(&sensor).map(|e| e.0), rank) {
+                    found.insert(sensor, (rank, rel));
+                }
+            }
+            None => {
+                if better(ambiguous.get(&stem).map(|e| e.0), rank) {
+                    ambiguous.insert(stem, (rank, rel));
+                }
             }
         }
     }
-    let pick = |m: BTreeMap<SensorId, (usize, String)>| {
-        m.into_iter()
-            .map(|(s, (_, rel))| (s, models.child(&rel)))
-            .collect()
-    };
-    Ok((pick(found), pick(scalers)))
+    Ok(ModelScan {
+        found: locate(models, found),
+        ambiguous: locate(models, ambiguous),
+        scalers: locate(models, scalers),
+    })
+}
+
+/// The chosen object of each key, as a location under `models`.
+fn locate<K: Ord>(models: &Location, m: BTreeMap<K, (usize, String)>) -> BTreeMap<K, Location> {
+    m.into_iter()
+        .map(|(k, (_, rel))| (k, models.child(&rel)))
+        .collect()
+}
+
+/// Undoes object_store's percent-encoding of a listed path part (`%XX` → the byte).
+fn store_decode(s: &str) -> String {
+    if !s.contains('%') {
+        return s.to_string();
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Adds, for each sensor asked for by name without a model of its own, the reference's
+/// unescaped `model_<D>_<T>` when no other sensor asked for has that same name.
+fn resolve_raw_names(
+    sensors: &[SensorId],
+    available: &mut BTreeMap<SensorId, Location>,
+    raw: &BTreeMap<String, Location>,
+) {
+    let mut claims: BTreeMap<String, usize> = BTreeMap::new();
+    for s in sensors {
+        *claims.entry(s.raw_model_stem()).or_default() += 1;
+    }
+    for s in sensors {
+        if available.contains_key(s) {
+            continue;
+        }
+        let stem = s.raw_model_stem();
+        if let (Some(loc), Some(1)) = (raw.get(&stem), claims.get(&stem)) {
+            available.insert(s.clone(), loc.clone());
+        }
+    }
 }
 
 /// Scores a fleet; `on_sensor_done` is called once per sensor as soon as its record is final.
@@ -279,15 +398,22 @@ pub async fn score_fleet(
     let data = open(&spec.data)?;
     let out = open(&spec.output)?;
 
-    let (available, scalers) = list_models_and_scalers(&models).await?;
+    let ModelScan {
+        found: mut available,
+        ambiguous: raw,
+        scalers,
+    } = scan_models(&models).await?;
     let sensors: Vec<SensorId> = match &spec.sensors {
         SensorSelection::All => available.keys().cloned().collect(),
         SensorSelection::List(list) => {
             let mut seen = HashSet::new();
-            list.iter()
+            let sensors: Vec<SensorId> = list
+                .iter()
                 .filter(|s| seen.insert((*s).clone()))
                 .cloned()
-                .collect()
+                .collect();
+            resolve_raw_names(&sensors, &mut available, &raw);
+            sensors
         }
     };
     if sensors.is_empty() {
@@ -343,9 +469,21 @@ pub async fn score_fleet(
         let p = result?;
         summary.data_parse_ms = ms(t);
         summary.bad_rows = p.bad_rows;
-        if let Some(e) = p.first_bad_row.filter(|_| spec.strict) {
-            summary.data_errors.push(e.to_string());
+        let first = p.first_bad_row.as_ref().map(ToString::to_string);
+        if let Some(e) = first.as_ref().filter(|_| spec.strict) {
+            summary.data_errors.push(e.clone());
+        } else if let Err(e) = check_bad_rows(
+            p.bad_rows,
+            p.rows - p.bad_rows,
+            spec.max_bad_rows_percent,
+            first.as_deref(),
+        ) {
+            // Lines that name no sensor cannot fail one sensor: they fail the run.
+            summary
+                .data_errors
+                .push(format!("{}: lines naming no sensor: {e}", spec.data));
         }
+        summary.first_bad_row = first;
         parsed = p.sensors;
     }
     let available = (available, scalers);
@@ -438,6 +576,7 @@ struct Scored {
     rows: usize,
     anomalies: usize,
     skipped: usize,
+    first_bad_row: Option<String>,
     parse_ms: f64,
     score_ms: f64,
     format_ms: f64,
@@ -453,6 +592,14 @@ async fn score_sensor(
     let mut rec = SensorRecord::new(&spec.run_id, &sensor);
     if let Err(e) = score_into(ctx, &sensor, model, input, &mut rec).await {
         rec.fail(format!("sensor {sensor}: {e}"));
+        // A re-run under the same id must not leave the previous run's predictions beside a
+        // Failed record, looking current.
+        let stale = ctx.out.child(&preds_path(&spec.run_id, &sensor));
+        if let Err(e) = stale.delete().await
+            && let Some(prev) = &mut rec.error
+        {
+            prev.push_str(&format!("; removing the previous predictions: {e}"));
+        }
     }
     let log = ctx.out.child(&log_path(&spec.run_id, &sensor));
     if let Err(e) = log.put(Bytes::from(rec.to_json_line())).await {
@@ -474,9 +621,14 @@ async fn score_into(
 ) -> Result<(), String> {
     let spec = &ctx.spec;
     let model = model.ok_or_else(|| {
+        let (stem, raw) = (sensor.model_stem(), sensor.raw_model_stem());
+        let or_raw = if raw == stem {
+            String::new()
+        } else {
+            format!(" (or, unless another sensor asked for has that name, {raw})")
+        };
         format!(
-            "no model {}[.json|.pkl|.joblib] under {}",
-            sensor.model_stem(),
+            "no model {stem}[.json|.pkl|.joblib]{or_raw} under {}",
             spec.models
         )
     })?;
@@ -529,6 +681,7 @@ async fn score_into(
     let sensor_c = sensor.clone();
     let aggregation = spec.aggregation.clone();
     let strict = spec.strict;
+    let max_bad = spec.max_bad_rows_percent;
     let parallel = ctx.parallel_rows;
     let device_tags = spec.device_features.clone().unwrap_or_default();
     let model_name = match &scaler {
@@ -545,7 +698,7 @@ async fn score_into(
             (series, device),
             parts,
             aggregation.as_ref(),
-            strict,
+            (strict, max_bad),
             parallel,
         );
         let _ = tx.send(r);
@@ -563,6 +716,7 @@ async fn score_into(
     rec.rows = scored.rows;
     rec.anomalies = scored.anomalies;
     rec.skipped_rows = scored.skipped;
+    rec.first_bad_row = scored.first_bad_row;
     rec.timings.parse_ms = scored.parse_ms;
     rec.timings.score_ms = scored.score_ms;
     let t = Instant::now();
@@ -588,7 +742,7 @@ fn score_cpu(
     (series, device): (Option<Series>, Option<DeviceInput>),
     parts: Vec<(String, Bytes)>,
     aggregation: Option<&Aggregation>,
-    strict: bool,
+    (strict, max_bad): (bool, f64),
     parallel: bool,
 ) -> Result<Scored, (usize, String)> {
     let t = Instant::now();
@@ -609,8 +763,13 @@ fn score_cpu(
             };
             for (url, bytes) in &parts {
                 let p = parse(url, bytes, &opts).map_err(|e| (all.skipped_rows, e.to_string()))?;
-                if let Some(e) = p.first_bad_row.filter(|_| strict) {
+                if let Some(e) = p.first_bad_row.as_ref().filter(|_| strict) {
                     return Err((all.skipped_rows, e.to_string()));
+                }
+                // A sensor's own part file: lines with a wrong field count are its bad rows too.
+                all.skipped_rows += p.bad_rows;
+                if all.first_issue.is_none() {
+                    all.first_issue = p.first_bad_row;
                 }
                 for (_, s) in p.sensors {
                     all.append(s);
@@ -620,9 +779,12 @@ fn score_cpu(
         }
     };
     let skipped = series.skipped_rows;
-    if let Some(issue) = series.first_issue.as_ref().filter(|_| strict) {
+    let first_bad_row = series.first_issue.as_ref().map(ToString::to_string);
+    if let Some(issue) = first_bad_row.as_ref().filter(|_| strict) {
         return Err((skipped, format!("--strict: {issue}")));
     }
+    check_bad_rows(skipped, series.len(), max_bad, first_bad_row.as_deref())
+        .map_err(|e| (skipped, e))?;
     let d = model.n_features();
     let (x, ts_windows, ts_text) = match (&device, aggregation) {
         (Some((tags, tag_series)), _) => {
@@ -653,6 +815,14 @@ fn score_cpu(
             (w.x, Some(w.start_ms), None)
         }
     };
+    // The aggregation contract: window and feature names, mapped by name when only the order differs.
+    // A device-level model's feature names are its tags (checked above), not window features.
+    let order = match &device {
+        Some(_) => None,
+        None => feature_order(model.meta(), aggregation)
+            .map_err(|e| (skipped, format!("{model_name}: {e}")))?,
+    };
+    let x_model = order.map(|idx| x.select(ndarray::Axis(1), &idx));
     if x.ncols() != d {
         let how = match (&device, aggregation) {
             (Some((tags, _)), _) => {
@@ -676,7 +846,7 @@ fn score_cpu(
     let parse_ms = ms(t);
 
     let t = Instant::now();
-    let decisions = score(&model, &x, parallel)
+    let decisions = score(&model, x_model.as_ref().unwrap_or(&x), parallel)
         .map_err(|e| (skipped, format!("scoring with {model_name}: {e}")))?;
     let score_ms = ms(t);
 
@@ -699,10 +869,70 @@ fn score_cpu(
         rows,
         anomalies,
         skipped,
+        first_bad_row,
         parse_ms,
         score_ms,
         format_ms: ms(t),
     })
+}
+
+/// Checks a model's recorded aggregation contract against the run's; returns the column order
+/// the model wants when its feature names are the run's in another order.
+fn feature_order(
+    meta: &crate::model::ModelMeta,
+    aggregation: Option<&Aggregation>,
+) -> Result<Option<Vec<usize>>, String> {
+    let run: Option<Vec<String>> =
+        aggregation.map(|a| a.features_text().split(',').map(str::to_string).collect());
+    if let Some(window) = &meta.aggregate {
+        let names = meta
+            .feature_names
+            .as_ref()
+            .map(|n| n.join(","))
+            .unwrap_or_default();
+        match aggregation {
+            None => {
+                return Err(format!(
+                    "fitted on {window} windows of {names}: score with --aggregate {window} --features {names}"
+                ));
+            }
+            Some(a) if a.interval_text() != *window => {
+                return Err(format!(
+                    "fitted on {window} windows, but --aggregate is {}",
+                    a.interval_text()
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    let Some(names) = &meta.feature_names else {
+        return Ok(None);
+    };
+    let is_feature = |n: &String| crate::data::aggregate::Aggregation::parse("1m", n).is_ok();
+    let Some(run) = run else {
+        if !names.is_empty() && names.iter().all(is_feature) {
+            return Err(format!(
+                "fitted on aggregated features {}: use --aggregate and --features",
+                names.join(",")
+            ));
+        }
+        return Ok(None);
+    };
+    if *names == run {
+        return Ok(None);
+    }
+    let idx: Option<Vec<usize>> = names
+        .iter()
+        .map(|n| run.iter().position(|r| r == n))
+        .collect();
+    match idx {
+        Some(idx) if names.len() == run.len() => Ok(Some(idx)),
+        _ => Err(format!(
+            "fitted on features [{}] but --features gives [{}]",
+            names.join(","),
+            run.join(",")
+        )),
+    }
 }
 
 fn score(
@@ -783,6 +1013,58 @@ mod tests {
         assert!(is_long_csv("az://c/x/ALL.CSV"));
         assert!(!is_long_csv("az://c/partitioned/"));
         assert!(!is_long_csv("/tmp/parts"));
+    }
+
+    #[test]
+    fn the_bad_row_policy_fails_above_the_percentage_naming_the_first_bad_row() {
+        assert_eq!(check_bad_rows(0, 0, 1.0, None), Ok(()));
+        assert_eq!(
+            check_bad_rows(1, 99, 1.0, Some("x.csv:5: field Value: missing value")),
+            Ok(())
+        );
+        let err =
+            check_bad_rows(2, 98, 1.0, Some("x.csv:5: field Value: missing value")).unwrap_err();
+        assert!(
+            err.contains("2 of 100 rows are bad (2.00%") && err.contains("first: x.csv:5"),
+            "{err}"
+        );
+        assert!(check_bad_rows(1, 0, 100.0, None).is_ok());
+        assert!(check_bad_rows(1, 1_000_000, 0.0, None).is_err());
+    }
+
+    #[test]
+    fn feature_names_like_sklearn_s_feature_names_in_map_by_name_or_refuse() {
+        use crate::model::ModelMeta;
+        let names = |n: &[&str]| ModelMeta {
+            feature_names: Some(n.iter().map(|s| s.to_string()).collect()),
+            ..ModelMeta::default()
+        };
+        let agg = |f: &str| Aggregation::parse("5m", f).unwrap();
+        // A DataFrame fitted on ["mean", "std"], scored with std,mean: columns swapped back.
+        assert_eq!(
+            feature_order(&names(&["mean", "std"]), Some(&agg("std,mean"))),
+            Ok(Some(vec![1, 0]))
+        );
+        assert_eq!(
+            feature_order(&names(&["mean", "std"]), Some(&agg("mean,std"))),
+            Ok(None)
+        );
+        let err = feature_order(&names(&["mean", "std"]), Some(&agg("mean,max"))).unwrap_err();
+        assert!(
+            err.contains("[mean,std] but --features gives [mean,max]"),
+            "{err}"
+        );
+        assert!(
+            feature_order(&names(&["mean", "std"]), None)
+                .unwrap_err()
+                .contains("use --aggregate")
+        );
+        // A raw column name says nothing about aggregation.
+        assert_eq!(feature_order(&names(&["Value"]), None), Ok(None));
+        assert_eq!(
+            feature_order(&ModelMeta::default(), Some(&agg("mean"))),
+            Ok(None)
+        );
     }
 
     #[test]

@@ -283,8 +283,10 @@ pub fn powi_libsvm(base: f64, times: u32) -> f64 {
 /// exp(x) for x ≤ 709 without branches, so loops calling it vectorise. Range reduction
 /// x = n·ln2 + r with |r| ≤ ln2/2 (Cody–Waite split of ln2), a degree-13 Taylor polynomial for
 /// e^r (truncation < 2e-17), and 2^n built from the exponent bits: about 1 ulp for x in
-/// [-708, 709]. Below -708 it returns e^-708 (< 3.4e-308) instead of a smaller or zero value,
-/// which no decision can notice; NaN stays NaN. (A final select for the edges would stop the
+/// [-708, 709]. Below that, 2^n is applied as two normal halves, so results fall into the
+/// subnormals with one rounding and reach exactly 0 below about -745, as libm's exp does: a far
+/// point then adds exactly nothing and a decision equal to the intercept keeps sklearn's tie
+/// rule (0 is an anomaly). NaN stays NaN. (A final select for the edges would stop the
 /// compiler vectorising callers, so there is none.)
 #[inline(always)]
 pub fn exp_fast(x: f64) -> f64 {
@@ -294,7 +296,8 @@ pub fn exp_fast(x: f64) -> f64 {
     const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76); // 1.90821492927058770002e-10
     // Adding 1.5·2^52 rounds to an integer and leaves it in the low mantissa bits.
     const SHIFT: f64 = 6_755_399_441_055_744.0;
-    let xc = if x < -708.0 { -708.0 } else { x };
+    // Far enough below -745 that the result is 0; |n| stays < 2^11 for the split of ln2.
+    let xc = if x < -1080.0 { -1080.0 } else { x };
     let t = xc * LOG2E + SHIFT;
     let n = t - SHIFT;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
@@ -319,9 +322,15 @@ pub fn exp_fast(x: f64) -> f64 {
     for c in C {
         p = p.mul_add(r, c);
     }
-    // Low 12 bits of (n + 1023) become the exponent field: 2^n for n in [-1022, 1023].
-    let scale = f64::from_bits(t.to_bits().wrapping_add(1023) << 52);
-    p * scale
+    // 2^n = 2^n1 · 2^n2 with both halves in [-1022, 1023] (n1 = n/2 rounded, exact in floats):
+    // for normal results both products are exact, so this equals p · 2^n; below, only the last
+    // product rounds. Low 12 bits of (k + 1023) become the exponent field of 2^k.
+    let t1 = n * 0.5 + SHIFT;
+    let n1 = t1 - SHIFT;
+    let t2 = (n - n1) + SHIFT;
+    let scale1 = f64::from_bits(t1.to_bits().wrapping_add(1023) << 52);
+    let scale2 = f64::from_bits(t2.to_bits().wrapping_add(1023) << 52);
+    (p * scale1) * scale2
 }
 
 #[cfg(test)]
@@ -355,9 +364,34 @@ mod tests {
     #[test]
     fn exp_fast_handles_the_edges() {
         assert_eq!(exp_fast(0.0), 1.0);
-        assert!(exp_fast(-800.0) < 3.4e-308);
-        assert!(exp_fast(f64::NEG_INFINITY) < 3.4e-308);
+        assert_eq!(exp_fast(-800.0), 0.0);
+        assert_eq!(exp_fast(-1e6), 0.0);
+        assert_eq!(exp_fast(f64::NEG_INFINITY), 0.0);
+        // Subnormal results: within a few units of the smallest subnormal of libm's.
+        for x in [-708.5, -720.0, -740.0, -745.0] {
+            let (want, got) = (f64::exp(x), exp_fast(x));
+            assert!(
+                (got - want).abs() <= 4.0 * 5e-324 + want * 1e-15,
+                "{x}: {got:e} vs {want:e}"
+            );
+        }
         assert!(exp_fast(f64::NAN).is_nan());
+    }
+
+    #[test]
+    fn a_point_far_from_every_support_vector_scores_exactly_the_intercept() {
+        // sklearn's exp underflows to 0, so the decision is the intercept; with an intercept of
+        // 0 that is a tie, which sklearn's predict calls an anomaly (libsvm: dec > 0 ? 1 : -1).
+        let mut kernel = sample_kernel(KernelKind::Rbf, 1, 22);
+        kernel.intercept = 0.0;
+        let x = ndarray::Array2::from_shape_fn((4, 1), |(r, _)| {
+            [80.0 + 6.0 * 130.0, -1e6, 1e6, 80.0][r]
+        });
+        let mut out = vec![f64::NAN; 4];
+        kernel.decide_into(x.view(), &mut out);
+        assert_eq!(&out[..3], &[0.0, 0.0, 0.0]);
+        assert!(out[..3].iter().all(|d| crate::model::is_anomaly(*d)));
+        assert!(out[3] > 0.0 && !crate::model::is_anomaly(out[3]));
     }
 
     /// A kernel with `n_sv` support vectors in `d` features, numbers from a fixed sequence.

@@ -98,6 +98,10 @@ struct ScoreArgs {
     /// Fail a sensor at its first missing or malformed value (default: count and skip them).
     #[arg(long)]
     strict: bool,
+    /// Fail a sensor whose bad rows (missing, non-numeric, non-finite, wrong field count) are more
+    /// than this percentage of its rows, naming the first; 100 never fails.
+    #[arg(long, default_value_t = fleetscore_scorer::fleet::DEFAULT_MAX_BAD_ROWS_PERCENT, value_parser = percent)]
+    max_bad_rows_percent: f64,
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -143,6 +147,9 @@ struct PartitionArgs {
     /// The long CSV to split.
     #[arg(long)]
     input: String,
+    /// Fail (exit 1, nothing written) when lines naming no sensor are more than this percentage.
+    #[arg(long, default_value_t = fleetscore_scorer::fleet::DEFAULT_MAX_BAD_ROWS_PERCENT, value_parser = percent)]
+    max_bad_rows_percent: f64,
     /// Output prefix.
     #[arg(long)]
     output: String,
@@ -165,8 +172,9 @@ struct TrainArgs {
     /// Kernel coefficient: scale, auto or a positive number.
     #[arg(long, default_value = "scale")]
     gamma: String,
-    /// Most training rows per sensor (more are thinned evenly).
-    #[arg(long, default_value_t = 2000)]
+    /// Most training rows per sensor: more are thinned to this many evenly spaced rows, which
+    /// moves the boundary and the Score scale (the library's default, so both agree).
+    #[arg(long, default_value_t = fleetscore_scorer::model::train::TrainParams::default().max_rows)]
     max_rows: usize,
     #[command(flatten)]
     agg: AggArgs,
@@ -329,6 +337,7 @@ async fn score(a: ScoreArgs) -> Result<ExitCode, Failure> {
         },
         aggregation,
         strict: a.strict,
+        max_bad_rows_percent: a.max_bad_rows_percent,
         threads: a.threads,
         device_features: a.device_features,
     };
@@ -452,6 +461,20 @@ async fn partition_cmd(a: PartitionArgs) -> Result<ExitCode, Failure> {
         .context("partition task")??;
     let rows: usize = parts.parts.iter().map(|p| p.rows).sum();
     let n = parts.parts.len();
+    // Lines naming no sensor never reach a part file: the policy must be applied here.
+    let first = parts
+        .first_bad_row
+        .as_ref()
+        .map(|f| format!("{f}: the line names no sensor"));
+    if let Err(e) = fleetscore_scorer::fleet::check_bad_rows(
+        parts.bad_rows,
+        rows,
+        a.max_bad_rows_percent,
+        first.as_deref(),
+    ) {
+        eprintln!("error: {}: lines naming no sensor: {e}", a.input);
+        return Ok(ExitCode::from(1));
+    }
     let mut writes = futures::stream::iter(parts.parts.into_iter().map(|p| {
         let dest = out.child(&p.path);
         async move { dest.put(p.content).await }
@@ -510,9 +533,14 @@ async fn train_cmd(a: TrainArgs) -> Result<ExitCode, Failure> {
                     Some(agg) => Ok(aggregate(agg, &series.time_ms, &series.values).x),
                 };
                 let r = x.and_then(|x| {
-                    train(x.view(), &params)
-                        .map_err(|e| e.to_string())
-                        .and_then(|m| m.to_native_bytes().map_err(|e| e.to_string()))
+                    let mut m = train(x.view(), &params).map_err(|e| e.to_string())?;
+                    // Record the aggregation contract, so scoring with another is refused.
+                    if let Some(agg) = &aggregation {
+                        m.meta_mut().aggregate = Some(agg.interval_text());
+                        m.meta_mut().feature_names =
+                            Some(agg.features_text().split(',').map(str::to_string).collect());
+                    }
+                    m.to_native_bytes().map_err(|e| e.to_string())
                 });
                 (sensor, r)
             })
@@ -649,4 +677,12 @@ async fn inspect(a: InspectArgs) -> Result<ExitCode, Failure> {
         None => println!("scaler           none"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Parses `--max-bad-rows-percent`: a number from 0 to 100.
+fn percent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a percentage from 0 to 100")),
+    }
 }

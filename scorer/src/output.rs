@@ -1,5 +1,6 @@
 //! What a run writes, at deterministic paths so a re-run overwrites instead of duplicating:
-//! `<output>/<run-id>/preds/preds_<D>_<T>.csv` and `<output>/<run-id>/logs/<D>_<T>.json`.
+//! `<output>/<run-id>/preds/preds_<D>_<T>.csv` and `<output>/<run-id>/logs/<D>_<T>.json`, with
+//! device and tag escaped by [`crate::sensor::name_segment`] so each sensor has its own files.
 
 use serde::{Deserialize, Serialize};
 
@@ -10,20 +11,12 @@ pub const PREDS_HEADER: &str = "TS,Device,Tag,Val,Prediction,Score";
 
 /// Path of a sensor's predictions, relative to the output URL.
 pub fn preds_path(run_id: &str, sensor: &SensorId) -> String {
-    format!(
-        "{run_id}/preds/preds_{}_{}.csv",
-        path_segment(&sensor.device),
-        path_segment(&sensor.tag)
-    )
+    format!("{run_id}/preds/preds_{}.csv", sensor.file_stem())
 }
 
 /// Path of a sensor's log record, relative to the output URL.
 pub fn log_path(run_id: &str, sensor: &SensorId) -> String {
-    format!(
-        "{run_id}/logs/{}_{}.json",
-        path_segment(&sensor.device),
-        path_segment(&sensor.tag)
-    )
+    format!("{run_id}/logs/{}.json", sensor.file_stem())
 }
 
 /// Makes a device or tag safe inside one path segment: `%` and `/` are percent-encoded, so a
@@ -90,6 +83,9 @@ pub struct SensorRecord {
     pub anomalies: usize,
     /// Rows skipped for missing or malformed values.
     pub skipped_rows: usize,
+    /// The first skipped row (file:line: field: problem), when any was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_bad_row: Option<String>,
     /// Where the predictions were written, if they were.
     pub predictions: Option<String>,
     /// Time per step.
@@ -112,6 +108,7 @@ impl SensorRecord {
             rows: 0,
             anomalies: 0,
             skipped_rows: 0,
+            first_bad_row: None,
             predictions: None,
             timings: Timings::default(),
             outcome: Outcome::Succeeded,
@@ -205,7 +202,12 @@ mod tests {
         assert_eq!(preds_path("run-7", &s), "run-7/preds/preds_1_4.csv");
         assert_eq!(log_path("run-7", &s), "run-7/logs/1_4.json");
         let odd = SensorId::new("../a", "b%/c");
-        assert_eq!(preds_path("r", &odd), "r/preds/preds_..%2Fa_b%25%2Fc.csv");
+        assert_eq!(preds_path("r", &odd), "r/preds/preds_..=2Fa_b%=2Fc.csv");
+        // `_` inside a name is escaped, so the separator is unique.
+        assert_ne!(
+            preds_path("r", &SensorId::new("1_2", "3")),
+            preds_path("r", &SensorId::new("1", "2_3"))
+        );
     }
 
     #[test]

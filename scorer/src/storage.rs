@@ -113,6 +113,14 @@ impl Location {
             .map_err(|source| self.err("write", source))
     }
 
+    /// Deletes the object; one that does not exist is not an error.
+    pub async fn delete(&self) -> Result<(), StorageError> {
+        match self.store.delete(&self.path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(self.err("delete", source)),
+        }
+    }
+
     /// Lists every object under this prefix (recursively), sorted by path.
     pub async fn list(&self) -> Result<Vec<Path>, StorageError> {
         let prefix = if self.path.as_ref().is_empty() {

@@ -202,6 +202,12 @@ fn help_describes_every_command() {
     }
     let o = bin().args(["score", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&o.stdout).contains("--aggregate"));
+    let o = bin().args(["score", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("--max-bad-rows-percent"));
+    // The CLI thins training data exactly as the library (and MODEL_FORMAT.md) says.
+    let o = bin().args(["train", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(help.contains("[default: 4000]"), "{help}");
 }
 
 #[test]
@@ -270,6 +276,237 @@ fn bad_values_are_skipped_and_counted_or_fail_the_sensor_under_strict() {
     let log: serde_json::Value =
         serde_json::from_str(&read(d, "out/strict/logs/1_2.json")).unwrap();
     assert_eq!(log["outcome"], "Succeeded");
+}
+
+#[test]
+fn more_bad_rows_than_the_limit_fail_the_sensor_naming_the_first_and_remove_stale_predictions() {
+    let dir = fleet();
+    let d = dir.path();
+    let good = read(d, "data.csv");
+    // 360 rows per sensor; 5 bad ones for 1:1 are 1.4%, above the default 1%.
+    let mut csv = good.clone();
+    for i in 0..5 {
+        csv.push_str(&format!(
+            "2018-08-29 05:0{i}:00.000,1,1,{}\n",
+            ["", "nan", "inf", "x", "1e999"][i]
+        ));
+    }
+    std::fs::write(d.join("bad.csv"), &csv).unwrap();
+    let base = [
+        "score", "--models", "models", "--output", "out", "--sensor", "1:1,1:2", "--run-id", "r",
+    ];
+    // A first, good run writes predictions for 1:1 ...
+    let o = run(&[&base[..], &["--data", "data.csv"]].concat(), d);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(d.join("out/r/preds/preds_1_1.csv").exists());
+    // ... the re-run under the same id fails it: no stale predictions stay beside the record.
+    let o = run(&[&base[..], &["--data", "bad.csv"]].concat(), d);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    let log: serde_json::Value = serde_json::from_str(&read(d, "out/r/logs/1_1.json")).unwrap();
+    assert_eq!(log["outcome"], "Failed");
+    assert_eq!(log["skipped_rows"], 5);
+    let err = log["error"].as_str().unwrap();
+    let first = good.lines().count() + 1;
+    assert!(
+        err.contains("5 of 365 rows are bad") && err.contains(&format!("bad.csv:{first}")),
+        "{err}"
+    );
+    assert!(!d.join("out/r/preds/preds_1_1.csv").exists());
+    assert!(d.join("out/r/preds/preds_1_2.csv").exists());
+    // A looser policy accepts them, still counted and named in the record.
+    let o = run(
+        &[
+            &base[..],
+            &["--data", "bad.csv", "--max-bad-rows-percent", "5"],
+        ]
+        .concat(),
+        d,
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let log: serde_json::Value = serde_json::from_str(&read(d, "out/r/logs/1_1.json")).unwrap();
+    assert_eq!(
+        (log["outcome"].as_str(), log["skipped_rows"].as_u64()),
+        (Some("Succeeded"), Some(5))
+    );
+    assert!(
+        log["first_bad_row"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("bad.csv:{first}")),
+        "{log}"
+    );
+    let o = run(
+        &[
+            &base[..],
+            &["--data", "bad.csv", "--max-bad-rows-percent", "101"],
+        ]
+        .concat(),
+        d,
+    );
+    assert_eq!(code(&o), 2, "{}", text(&o));
+}
+
+#[test]
+fn lines_naming_no_sensor_above_the_limit_fail_the_run() {
+    let dir = fleet();
+    let d = dir.path();
+    let mut csv = read(d, "data.csv");
+    for _ in 0..40 {
+        csv.push_str("2018-08-29 05:00:00.000,1\n");
+    }
+    std::fs::write(d.join("bad.csv"), &csv).unwrap();
+    let base = [
+        "score", "--models", "models", "--data", "bad.csv", "--output", "out", "--all", "--json",
+    ];
+    let o = run(&[&base[..], &["--run-id", "a"]].concat(), d);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(
+        text(&o).contains("lines naming no sensor: 40 of 2200 rows are bad"),
+        "{}",
+        text(&o)
+    );
+    let o = run(
+        &[&base[..], &["--run-id", "b", "--max-bad-rows-percent", "2"]].concat(),
+        d,
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("\"bad_rows\":40"),
+        "{}",
+        text(&o)
+    );
+    // The prepare step drops such lines from the parts, so it applies the same policy.
+    let line = read(d, "data.csv").lines().count() + 1;
+    let o = run(&["partition", "--input", "bad.csv", "--output", "parts"], d);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(
+        text(&o).contains("40 of 2200 rows are bad (1.82%")
+            && text(&o).contains(&format!("bad.csv:{line}")),
+        "{}",
+        text(&o)
+    );
+    assert!(!d.join("parts").exists());
+    let o = run(
+        &[
+            "partition",
+            "--input",
+            "bad.csv",
+            "--output",
+            "parts",
+            "--max-bad-rows-percent",
+            "2",
+        ],
+        d,
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o));
+}
+
+#[test]
+fn tags_with_underscores_get_their_own_files_and_the_reference_s_names_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut csv = String::from("TS,Device,Tag,Value\n");
+    for i in 0..60 {
+        for (dev, tag) in [("pump", "temp_1"), ("1_2", "3"), ("1", "2_3")] {
+            csv.push_str(&format!(
+                "2018-08-28 23:{i:02}:00.000,{dev},{tag},{}\n",
+                50.0 + (i % 7) as f64
+            ));
+        }
+    }
+    std::fs::write(d.join("data.csv"), csv).unwrap();
+    let o = run(
+        &[
+            "train", "--data", "data.csv", "--models", "models", "--nu", "0.1",
+        ],
+        d,
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let o = run(
+        &[
+            "score", "--models", "models", "--data", "data.csv", "--output", "out", "--run-id",
+            "r", "--all",
+        ],
+        d,
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    // `1_2:3` and `1:2_3` no longer write the same file; --all invents no `pump_temp:1`.
+    for stem in ["pump_temp=5F1", "1=5F2_3", "1_2=5F3"] {
+        assert_eq!(
+            read(d, &format!("out/r/preds/preds_{stem}.csv"))
+                .lines()
+                .count(),
+            61,
+            "{stem}"
+        );
+        assert!(d.join(format!("out/r/logs/{stem}.json")).exists(), "{stem}");
+    }
+    // The reference names the model model_pump_temp_1: ambiguous for --all, found by name.
+    std::fs::create_dir_all(d.join("reference")).unwrap();
+    std::fs::copy(
+        d.join("models/model_pump_temp=5F1.json"),
+        d.join("reference/model_pump_temp_1.json"),
+    )
+    .unwrap();
+    let o = run(
+        &[
+            "score",
+            "--models",
+            "reference",
+            "--data",
+            "data.csv",
+            "--output",
+            "out",
+            "--run-id",
+            "all",
+            "--all",
+        ],
+        d,
+    );
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(
+        text(&o).contains("no model_<D>_<T> files under reference"),
+        "{}",
+        text(&o)
+    );
+    let base = [
+        "score",
+        "--models",
+        "reference",
+        "--data",
+        "data.csv",
+        "--output",
+        "out",
+    ];
+    let o = run(
+        &[&base[..], &["--run-id", "one", "--sensor", "pump:temp_1"]].concat(),
+        d,
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_eq!(
+        read(d, "out/one/preds/preds_pump_temp=5F1.csv"),
+        read(d, "out/r/preds/preds_pump_temp=5F1.csv")
+    );
+    // Asked for together, pump:temp_1 and pump_temp:1 could both mean that file: neither takes it.
+    let o = run(
+        &[
+            &base[..],
+            &["--run-id", "two", "--sensor", "pump:temp_1,pump_temp:1"],
+        ]
+        .concat(),
+        d,
+    );
+    // 3: both fail for want of a model, which no retry fixes.
+    assert_eq!(code(&o), 3, "{}", text(&o));
+    let log: serde_json::Value =
+        serde_json::from_str(&read(d, "out/two/logs/pump_temp=5F1.json")).unwrap();
+    assert!(
+        log["error"]
+            .as_str()
+            .unwrap()
+            .contains("or, unless another sensor"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -343,8 +580,69 @@ fn aggregated_features_must_match_the_model_and_then_score_windows() {
     assert_eq!(code(&o), 1);
     let log: serde_json::Value = serde_json::from_str(&read(d, "out/raw/logs/1_1.json")).unwrap();
     assert!(
-        log["error"].as_str().unwrap().contains("expects 3 feature"),
+        log["error"]
+            .as_str()
+            .unwrap()
+            .contains("fitted on 5m windows of mean,std,max"),
         "{log}"
+    );
+    // The contract is stored: another window or other features are refused, naming both ...
+    let agg = |id: &str, window: &str, features: &str| {
+        let args = [
+            "score",
+            "--models",
+            "agg-models",
+            "--data",
+            "data.csv",
+            "--output",
+            "out",
+            "--sensor",
+            "1:1",
+        ];
+        run(
+            &[
+                &args[..],
+                &[
+                    "--run-id",
+                    id,
+                    "--aggregate",
+                    window,
+                    "--features",
+                    features,
+                ],
+            ]
+            .concat(),
+            d,
+        )
+    };
+    let o = agg("1m", "1m", "mean,std,max");
+    assert_eq!(code(&o), 1);
+    assert!(
+        read(d, "out/1m/logs/1_1.json").contains("fitted on 5m windows, but --aggregate is 1m")
+    );
+    let o = agg("min", "5m", "mean,std,min");
+    assert_eq!(code(&o), 1);
+    assert!(
+        read(d, "out/min/logs/1_1.json")
+            .contains("fitted on features [mean,std,max] but --features gives [mean,std,min]")
+    );
+    // ... and the same features in another order are mapped by name: the same scores.
+    let o = agg("reordered", "5m", "max,mean,std");
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let scores = |rel: &str| {
+        read(d, rel)
+            .lines()
+            .map(|l| l.rsplit(',').next().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        scores("out/reordered/preds/preds_1_1.csv"),
+        scores("out/agg/preds/preds_1_1.csv")
+    );
+    let model = read(d, "agg-models/model_1_1.json");
+    assert!(
+        model.contains("\"std_ddof\": 0") && model.contains("\"interval\": \"5m\""),
+        "{model}"
     );
 }
 

@@ -106,6 +106,7 @@ async fn a_fleet_scored_from_azure_blob_writes_predictions_and_logs_back_to_it()
         sensors: SensorSelection::All,
         aggregation: None,
         strict: false,
+        max_bad_rows_percent: fleetscore_scorer::fleet::DEFAULT_MAX_BAD_ROWS_PERCENT,
         threads: Some(2),
         device_features: None,
     };

@@ -234,6 +234,11 @@ pub struct ScorerSpec {
     /// Treat malformed rows as errors (`--strict`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub strict: bool,
+    /// Fail a sensor whose bad rows exceed this percentage of its rows (`--max-bad-rows-percent`;
+    /// the scorer's default, 1, when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_bad_rows_percent: Option<f64>,
     /// Aggregate readings into windows before scoring (`--aggregate`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregate: Option<AggregateWindow>,

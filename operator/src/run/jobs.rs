@@ -103,6 +103,9 @@ pub fn score_args(run: &ScoringRun, data: &str, sensors: &[SensorRef]) -> Vec<St
     if spec.scorer.strict {
         args.push("--strict".into());
     }
+    if let Some(p) = spec.scorer.max_bad_rows_percent {
+        args.extend(["--max-bad-rows-percent".into(), p.to_string()]);
+    }
     if let Some(t) = spec.scorer.threads {
         args.extend(["--threads".into(), t.to_string()]);
     }
@@ -124,13 +127,17 @@ pub fn features_arg(features: &[crate::crd::run::Feature]) -> String {
 
 /// The prepare step's arguments: partition the one CSV into `<output>/<run>/partitions`.
 pub fn prepare_args(run: &ScoringRun) -> Vec<String> {
-    vec![
+    let mut args: Vec<String> = vec![
         "partition".into(),
         "--input".into(),
         run.spec.storage.data.clone(),
         "--output".into(),
         partitions_url(run),
-    ]
+    ];
+    if let Some(p) = run.spec.scorer.max_bad_rows_percent {
+        args.extend(["--max-bad-rows-percent".into(), p.to_string()]);
+    }
+    args
 }
 
 fn owner_ref(run: &ScoringRun) -> Option<OwnerReference> {
@@ -478,6 +485,24 @@ mod tests {
         assert_eq!(
             ps.containers[0].command.clone().unwrap(),
             ["fleetscore-scorer"]
+        );
+    }
+
+    #[test]
+    fn a_run_s_bad_row_limit_becomes_the_scorer_flag() {
+        let mut r = run();
+        r.spec.scorer.max_bad_rows_percent = Some(2.5);
+        let job = scoring_job(&r, 0, &[s("1", "4")], "d");
+        let args = job.spec.unwrap().template.spec.unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap()
+            .join(" ");
+        assert!(args.contains("--max-bad-rows-percent 2.5"), "{args}");
+        assert!(
+            prepare_args(&r)
+                .join(" ")
+                .ends_with("--max-bad-rows-percent 2.5")
         );
     }
 

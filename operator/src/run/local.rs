@@ -172,6 +172,11 @@ pub fn fleet_spec(run: &ScoringRun, opts: &LocalOptions) -> Result<FleetSpec, Lo
         sensors,
         aggregation,
         strict: run.spec.scorer.strict,
+        max_bad_rows_percent: run
+            .spec
+            .scorer
+            .max_bad_rows_percent
+            .unwrap_or(fleetscore_scorer::fleet::DEFAULT_MAX_BAD_ROWS_PERCENT),
         threads: opts.threads.or_else(|| {
             run.spec
                 .scorer

@@ -2,10 +2,80 @@
 //! target's `main` (built without `--cfg fuzzing`) calls [`smoke`], which mutates the seed
 //! inputs in `corpus/<target>/` and calls the target's check function until time runs out.
 //! A panic prints the input (hex) and exits non-zero, like a libFuzzer crash.
+//!
+//! Memory is limited as libFuzzer's `-malloc_limit_mb` does: a counting global allocator refuses
+//! to let live heap pass [`HEAP_LIMIT_MB`] and reports the input that asked, so an input that
+//! makes a reader allocate far beyond its size is a crash, not a slow machine.
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+/// Most live heap, MiB, any input may use (the same figure as fuzz-smoke's libFuzzer limits).
+pub const HEAP_LIMIT_MB: usize = 1024;
+
+/// Live heap bytes.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+/// The input being checked, for the report when it goes over the limit.
+static CURRENT: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+/// The system allocator with a ceiling on live bytes.
+pub struct Limited;
+
+#[cfg(not(fuzzing))]
+#[global_allocator]
+static ALLOC: Limited = Limited;
+
+// SAFETY: every call goes to the system allocator unchanged; only the byte count is tracked.
+unsafe impl GlobalAlloc for Limited {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        reserve(layout.size());
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's pointer and layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        reserve(layout.size());
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if new_size > layout.size() {
+            reserve(new_size - layout.size());
+        } else {
+            LIVE.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
+        }
+        // SAFETY: forwarded with the caller's pointer, layout and size.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+/// Counts `size` more live bytes; over the limit, prints the input and aborts (no allocation
+/// here: this runs inside the allocator).
+fn reserve(size: usize) {
+    let live = LIVE.fetch_add(size, Ordering::Relaxed) + size;
+    if live <= HEAP_LIMIT_MB << 20 {
+        return;
+    }
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "fuzz: heap would reach {} MiB (limit {HEAP_LIMIT_MB} MiB) on input (hex):", live >> 20);
+    if let Ok(input) = CURRENT.try_lock() {
+        let hex = b"0123456789abcdef";
+        for b in input.iter() {
+            let _ = err.write_all(&[hex[usize::from(b >> 4)], hex[usize::from(b & 15)]]);
+        }
+    }
+    let _ = writeln!(err);
+    std::process::abort();
+}
 
 /// xorshift64*: small, deterministic, good enough to pick mutations.
 struct Rng(u64);
@@ -127,6 +197,10 @@ pub fn smoke(target: &str, extra_seeds: &[&[u8]], check: fn(&[u8])) {
     while runs_wanted.is_none_or(|n| runs < n) && deadline.is_none_or(|d| Instant::now() < d) {
         let mut input = seeds[rng.below(seeds.len())].clone();
         mutate(&mut rng, &mut input, &seeds);
+        if let Ok(mut current) = CURRENT.lock() {
+            current.clear();
+            current.extend_from_slice(&input);
+        }
         if catch_unwind(AssertUnwindSafe(|| check(&input))).is_err() {
             let hex: String = input.iter().map(|b| format!("{b:02x}")).collect();
             eprintln!("fuzz target {target}: crash after {runs} runs (seed {seed}) on input ({} bytes):\n{hex}", input.len());

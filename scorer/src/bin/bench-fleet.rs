@@ -245,6 +245,7 @@ fn main() -> anyhow::Result<()> {
         sensors: SensorSelection::All,
         aggregation: None,
         strict: false,
+        max_bad_rows_percent: fleetscore_scorer::fleet::DEFAULT_MAX_BAD_ROWS_PERCENT,
         threads: args.threads,
         device_features: None,
     };

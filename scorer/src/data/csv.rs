@@ -14,6 +14,9 @@ use crate::sensor::SensorId;
 /// The columns the reader needs, by name (case-insensitive), in any order.
 pub const COLUMNS: [&str; 4] = ["TS", "Device", "Tag", "Value"];
 
+/// Longest header line accepted.
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
+
 /// How to read a CSV.
 #[derive(Debug, Clone, Default)]
 pub struct CsvOptions<'a> {
@@ -180,6 +183,16 @@ fn row_error(file: &str, data: &[u8], p: RowProblem) -> DataError {
 
 pub(super) fn read_header(file: &str, line: &[u8]) -> Result<Layout, DataError> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
+    // Column names are stored one by one: a huge header (say, a file of commas) must not be.
+    if line.len() > MAX_HEADER_BYTES {
+        return Err(DataError::Header {
+            file: file.to_string(),
+            reason: format!(
+                "the header line is {} bytes long (at most {MAX_HEADER_BYTES})",
+                line.len()
+            ),
+        });
+    }
     let text = std::str::from_utf8(line).map_err(|_| DataError::Header {
         file: file.to_string(),
         reason: "the header is not UTF-8".into(),
@@ -258,26 +271,19 @@ fn parse_chunk<'b>(
         }
         out.rows += 1;
         fields.clear();
-        if quoted {
-            split_quoted(data, ls, line_end, &mut fields);
+        let found = if quoted {
+            split_quoted(data, ls, line_end, layout.fields, &mut fields)
         } else {
-            let mut fs = ls;
-            for (i, &b) in data[ls..line_end].iter().enumerate() {
-                if b == b',' {
-                    fields.push((fs, ls + i));
-                    fs = ls + i + 1;
-                }
-            }
-            fields.push((fs, line_end));
-        }
-        if fields.len() != layout.fields {
+            split_plain(data, ls, line_end, layout.fields, &mut fields)
+        };
+        if found != layout.fields {
             out.bad_rows += 1;
             note(
                 &mut out,
                 RowProblem {
                     offset: ls,
                     field: "row",
-                    reason: format!("expected {} fields, found {}", layout.fields, fields.len()),
+                    reason: format!("expected {} fields, found {found}", layout.fields),
                 },
             );
             continue;
@@ -431,9 +437,47 @@ pub(super) fn field_text(bytes: &[u8]) -> String {
     unescape_quotes(&String::from_utf8_lossy(bytes)).into_owned()
 }
 
-/// Splits one line into fields, honouring double quotes (the enclosing quotes are left out;
-/// doubled quotes inside stay doubled, see [`unescape_quotes`]).
-pub(super) fn split_quoted(data: &[u8], ls: usize, le: usize, fields: &mut Vec<(usize, usize)>) {
+/// Splits one unquoted line at commas into at most `max` fields; returns how many it has.
+/// Storing no more than `max` keeps memory per line bounded (a line of commas is one count).
+pub(super) fn split_plain(
+    data: &[u8],
+    ls: usize,
+    le: usize,
+    max: usize,
+    fields: &mut Vec<(usize, usize)>,
+) -> usize {
+    let mut fs = ls;
+    let mut found = 0;
+    for i in memchr::memchr_iter(b',', &data[ls..le]) {
+        if found < max {
+            fields.push((fs, ls + i));
+        }
+        found += 1;
+        fs = ls + i + 1;
+    }
+    if found < max {
+        fields.push((fs, le));
+    }
+    found + 1
+}
+
+/// Splits one line into at most `max` fields, honouring double quotes (the enclosing quotes are
+/// left out; doubled quotes inside stay doubled, see [`unescape_quotes`]); returns how many fields
+/// the line has, stored or not, so memory per line stays bounded.
+pub(super) fn split_quoted(
+    data: &[u8],
+    ls: usize,
+    le: usize,
+    max: usize,
+    fields: &mut Vec<(usize, usize)>,
+) -> usize {
+    let mut found = 0;
+    let mut push = |f: (usize, usize)| {
+        if found < max {
+            fields.push(f);
+        }
+        found += 1;
+    };
     let mut i = ls;
     loop {
         if i < le && data[i] == b'"' {
@@ -450,13 +494,13 @@ pub(super) fn split_quoted(data: &[u8], ls: usize, le: usize, fields: &mut Vec<(
                 }
                 j += 1;
             }
-            fields.push((s, j));
+            push((s, j));
             // Skip to the comma after the closing quote.
             while j < le && data[j] != b',' {
                 j += 1;
             }
             if j >= le {
-                return;
+                return found;
             }
             i = j + 1;
         } else {
@@ -464,9 +508,9 @@ pub(super) fn split_quoted(data: &[u8], ls: usize, le: usize, fields: &mut Vec<(
             while i < le && data[i] != b',' {
                 i += 1;
             }
-            fields.push((s, i));
+            push((s, i));
             if i >= le {
-                return;
+                return found;
             }
             i += 1;
         }
@@ -730,6 +774,52 @@ mod tests {
         let msg = parse("x.csv", &buf, &opts).unwrap_err().to_string();
         assert!(
             msg.contains("x.csv:2") && msg.contains("expected 4 fields"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_line_of_commas_stores_at_most_the_expected_fields() {
+        // 4 MB of commas: before, one (start, end) pair (16 bytes) was stored per comma.
+        let commas = vec![b','; 4 << 20];
+        let mut fields = Vec::new();
+        assert_eq!(
+            split_plain(&commas, 0, commas.len(), 4, &mut fields),
+            (4 << 20) + 1
+        );
+        assert_eq!(fields.len(), 4);
+        fields.clear();
+        assert_eq!(
+            split_quoted(&commas, 0, commas.len(), 4, &mut fields),
+            (4 << 20) + 1
+        );
+        assert_eq!(fields.len(), 4);
+        fields.clear();
+        let quoted = b"\"a,b\",2,\"x\"\"y\"";
+        assert_eq!(split_quoted(quoted, 0, quoted.len(), 2, &mut fields), 3);
+        assert_eq!(fields, vec![(1, 4), (6, 7)]);
+        let mut text = b"TS,Device,Tag,Value\nt1,1,4,1\n".to_vec();
+        text.extend_from_slice(&commas);
+        text.extend_from_slice(b"\nt2,1,4,2\n");
+        let buf = Bytes::from(text);
+        let p = parse("c.csv", &buf, &CsvOptions::default()).unwrap();
+        assert_eq!((p.rows, p.bad_rows), (3, 1));
+        let err = p.first_bad_row.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            err.contains("c.csv:3") && err.contains("found 4194305"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_header_longer_than_the_limit_is_refused_before_it_is_split() {
+        let mut text = vec![b','; MAX_HEADER_BYTES + 1];
+        text.push(b'\n');
+        let msg = parse("h.csv", &Bytes::from(text), &CsvOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("h.csv") && msg.contains("header line is 65537 bytes"),
             "{msg}"
         );
     }

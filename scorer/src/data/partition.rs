@@ -32,6 +32,8 @@ pub struct Partitioned {
     pub parts: Vec<Part>,
     /// Lines that name no sensor (wrong field count, empty Device or Tag), left out.
     pub bad_rows: usize,
+    /// The first such line as `file:line`.
+    pub first_bad_row: Option<String>,
 }
 
 /// The relative path of a sensor's part file.
@@ -76,12 +78,13 @@ pub fn partition(file: &str, buf: &[u8]) -> Result<Partitioned, DataError> {
 
     type Lines<'b> = Vec<((&'b [u8], &'b [u8]), Vec<(usize, usize)>)>;
     let chunks = split_chunks(buf, start);
-    let outs: Vec<(Lines<'_>, usize)> = chunks
+    let outs: Vec<(Lines<'_>, usize, Option<usize>)> = chunks
         .par_iter()
         .map(|&(s, e)| {
             let mut index: HashMap<(&[u8], &[u8]), usize> = HashMap::new();
             let mut groups: Lines<'_> = Vec::new();
             let mut bad = 0;
+            let mut first_bad: Option<usize> = None;
             let mut fields = Vec::with_capacity(layout.fields + 1);
             let mut ls = s;
             while ls < e {
@@ -97,15 +100,16 @@ pub fn partition(file: &str, buf: &[u8]) -> Result<Partitioned, DataError> {
                     continue;
                 }
                 fields.clear();
-                split_quoted(buf, line_start, le, &mut fields);
-                if fields.len() != layout.fields {
+                if split_quoted(buf, line_start, le, layout.fields, &mut fields) != layout.fields {
                     bad += 1;
+                    first_bad.get_or_insert(line_start);
                     continue;
                 }
                 let device = buf[fields[layout.device].0..fields[layout.device].1].trim_ascii();
                 let tag = buf[fields[layout.tag].0..fields[layout.tag].1].trim_ascii();
                 if device.is_empty() || tag.is_empty() {
                     bad += 1;
+                    first_bad.get_or_insert(line_start);
                     continue;
                 }
                 let slot = *index.entry((device, tag)).or_insert_with(|| {
@@ -114,14 +118,19 @@ pub fn partition(file: &str, buf: &[u8]) -> Result<Partitioned, DataError> {
                 });
                 groups[slot].1.push((line_start, le));
             }
-            (groups, bad)
+            (groups, bad, first_bad)
         })
         .collect();
 
     let mut merged: BTreeMap<SensorId, Vec<(usize, usize)>> = BTreeMap::new();
     let mut result = Partitioned::default();
-    for (groups, bad) in outs {
+    for (groups, bad, first_bad) in outs {
         result.bad_rows += bad;
+        if result.first_bad_row.is_none()
+            && let Some(offset) = first_bad
+        {
+            result.first_bad_row = Some(format!("{file}:{}", super::csv::line_of(buf, offset)));
+        }
         for ((d, t), lines) in groups {
             let id = SensorId::new(field_text(d), field_text(t));
             merged.entry(id).or_default().extend(lines);
@@ -158,6 +167,7 @@ mod tests {
         let input = b"TS,Device,Tag,Value\r\nt1,1,4,1.0\r\nt1,2,4,2.0\r\nt2,1,4,\r\nbad line\r\n";
         let p = partition("in.csv", input).unwrap();
         assert_eq!(p.bad_rows, 1);
+        assert_eq!(p.first_bad_row.as_deref(), Some("in.csv:5"));
         assert_eq!(p.parts.len(), 2);
         assert_eq!(p.parts[0].path, "device=1/tag=4/part-0.csv");
         assert_eq!(

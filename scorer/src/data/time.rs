@@ -59,16 +59,25 @@ pub fn parse_timestamp_ms(b: &[u8]) -> Option<i64> {
         }
         _ => return None,
     }
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
+    // The day must exist in its month: 2018-02-31 is an error, not March 3.
+    if !(1..=12).contains(&month) || !(1..=days_in_month(year, month)).contains(&day) {
+        return None;
+    }
+    if hour > 23 || minute > 59 || second > 60 || offset_min.abs() > 24 * 60 {
         return None;
     }
     let days = days_from_civil(year, month, day);
     Some(((days * 24 + hour) * 60 + minute - offset_min) * 60_000 + second * 1000 + millis)
+}
+
+/// Days in a month of the proleptic Gregorian calendar.
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -152,5 +161,29 @@ mod tests {
         ] {
             assert_eq!(format_ms(parse_timestamp_ms(t.as_bytes()).unwrap()), t);
         }
+    }
+
+    #[test]
+    fn days_that_do_not_exist_in_their_month_are_not_timestamps() {
+        for bad in [
+            "2018-02-29 00:00:00",
+            "2018-02-31 00:00:00",
+            "2018-04-31T00:00:00Z",
+            "1900-02-29 00:00",
+        ] {
+            assert_eq!(parse_timestamp_ms(bad.as_bytes()), None, "{bad}");
+        }
+        for good in [
+            "2016-02-29 00:00:00",
+            "2000-02-29 00:00",
+            "2018-01-31 23:59:59.999",
+            "2018-12-31T00:00Z",
+        ] {
+            assert!(parse_timestamp_ms(good.as_bytes()).is_some(), "{good}");
+        }
+        assert_eq!(
+            parse_timestamp_ms(b"2018-03-01 00:00:00").map(|ms| ms - 86_400_000),
+            parse_timestamp_ms(b"2018-02-28 00:00:00")
+        );
     }
 }

@@ -211,6 +211,11 @@ pub struct ModelMeta {
     pub sklearn_version: Option<String>,
     /// Free text on how the model was made (e.g. the trainer and its parameters).
     pub trained_by: Option<String>,
+    /// Input feature names in order, when recorded (scikit-learn's `feature_names_in_`, a native
+    /// model's aggregation features): scoring maps the run's features to them by name.
+    pub feature_names: Option<Vec<String>>,
+    /// The aggregation window the model was fitted on (e.g. `5m`), when recorded.
+    pub aggregate: Option<String>,
 }
 
 /// A serialisable summary of a model (`inspect-model`, log records).
@@ -406,6 +411,8 @@ impl Model {
                 reason: format!("has {} names for {} features", n.len(), self.n_features()),
             });
         }
+        // The aggregation-contract check reads them from the metadata.
+        self.meta.feature_names.clone_from(&names);
         self.feature_names = names;
         Ok(self)
     }
@@ -599,6 +606,11 @@ impl Model {
             Estimator::OneClassSvm(s) => Some(s),
             Estimator::IsolationForest(_) => None,
         }
+    }
+
+    /// Descriptive metadata, to record what scoring does not read (e.g. a trainer's contract).
+    pub fn meta_mut(&mut self) -> &mut ModelMeta {
+        &mut self.meta
     }
 
     /// Descriptive metadata.

@@ -95,6 +95,20 @@ struct NativeModel {
     sklearn_version: Option<String>,
     #[serde(default)]
     trained_by: Option<String>,
+    /// The aggregation contract the model was fitted with; scoring refuses another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    aggregation: Option<NativeAggregation>,
+}
+
+/// How readings were aggregated into the model's features.
+#[derive(Debug, Serialize, Deserialize)]
+struct NativeAggregation {
+    /// Window, e.g. `5m`.
+    interval: String,
+    /// Features in input order, e.g. `["mean", "std"]`.
+    features: Vec<String>,
+    /// Delta degrees of freedom of `std` (fleetscore computes 0, the population std).
+    std_ddof: u32,
 }
 
 fn json_error(e: serde_json::Error) -> NativeError {
@@ -155,10 +169,27 @@ pub fn from_json(bytes: &[u8]) -> Result<Model, ModelError> {
         mean: s.mean,
         scale: s.scale,
     });
+    if let Some(a) = &m.aggregation
+        && a.std_ddof != 0
+    {
+        let reason = format!(
+            "is {}; fleetscore's std is the population std (ddof 0)",
+            a.std_ddof
+        );
+        return Err(ModelError::Invalid {
+            field: "aggregation.std_ddof",
+            reason,
+        });
+    }
+    let (aggregate, feature_names) = m
+        .aggregation
+        .map_or((None, None), |a| (Some(a.interval), Some(a.features)));
     let meta = ModelMeta {
         source: Some(SourceFormat::Native { version: VERSION }),
         sklearn_version: m.sklearn_version,
         trained_by: m.trained_by,
+        feature_names,
+        aggregate,
     };
     Model::new(scaler, svm, meta)
 }
@@ -195,6 +226,15 @@ pub fn to_json(model: &Model) -> Result<Vec<u8>, ModelError> {
         intercept: svm.intercept,
         sklearn_version: model.meta().sklearn_version.clone(),
         trained_by: model.meta().trained_by.clone(),
+        aggregation: model
+            .meta()
+            .aggregate
+            .clone()
+            .map(|interval| NativeAggregation {
+                interval,
+                features: model.meta().feature_names.clone().unwrap_or_default(),
+                std_ddof: 0,
+            }),
     };
     let mut out = serde_json::to_vec_pretty(&m).map_err(|e| NativeError::Write(e.to_string()))?;
     out.push(b'\n');

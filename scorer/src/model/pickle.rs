@@ -6,8 +6,10 @@
 //! joblib files are pickles in which each numpy array is a `NumpyArrayWrapper` whose raw bytes
 //! follow its `BUILD` in the stream; the reader consumes them there, as joblib's unpickler does.
 //!
-//! Bounded for hostile input: every value is backed by input bytes or by one opcode, so memory
-//! stays proportional to the input; limits below cap the stack, the memo and nesting.
+//! Bounded for hostile input: one opcode byte can create an object, a list slot or a memo entry
+//! worth ~100 heap bytes, so the VM charges every allocation against a heap budget (a small
+//! multiple of the input size with a hard cap, [`heap_budget`]) and stops with
+//! [`PickleError::Limit`] when it is spent; limits below also cap the stack, the memo and nesting.
 
 use std::collections::HashMap;
 
@@ -130,15 +132,38 @@ const MAX_MARKS: usize = 1 << 16;
 const MAX_MEMO_INDEX: u64 = 1 << 24;
 /// Most nested pickles (joblib object arrays are pickles inside the stream).
 const MAX_NESTING: u32 = 4;
+/// Heap bytes allowed per input byte: real models use 1–10 (arrays are their own bytes; small
+/// strings and tuples cost an object header each), hostile ones ~100.
+const HEAP_PER_INPUT_BYTE: usize = 16;
+/// Heap every input may use, however small: the smallest real models need a few hundred KB.
+const HEAP_FLOOR: usize = 32 << 20;
+/// Heap no input may exceed, whatever its size: a scoring pod scores many sensors at once.
+pub const HEAP_CAP: usize = 256 << 20;
+/// What one memo entry costs (hash map slot, key, value and load-factor slack).
+const MEMO_ENTRY_BYTES: usize = 64;
 
-/// Reads a pickle (or joblib file) into a value tree.
+/// The heap budget for an input of `len` bytes: `16 × len`, at least 32 MiB, at most 256 MiB.
+pub fn heap_budget(len: usize) -> usize {
+    len.saturating_mul(HEAP_PER_INPUT_BYTE)
+        .clamp(HEAP_FLOOR, HEAP_CAP)
+}
+
+/// Reads a pickle (or joblib file) into a value tree, within [`heap_budget`] of its size.
 pub fn parse(input: &[u8]) -> Result<Pickle, PickleError> {
+    parse_with_budget(input, heap_budget(input.len()))
+}
+
+/// Reads a pickle within `budget` bytes of accounted heap (objects, their payloads, list and
+/// dict items, memo entries).
+pub fn parse_with_budget(input: &[u8], budget: usize) -> Result<Pickle, PickleError> {
     let mut vm = Vm {
         input,
         pos: 0,
         heap: Vec::new(),
         protocol: None,
         joblib: false,
+        used: 0,
+        budget,
     };
     let root = vm.run(0)?;
     Ok(Pickle {
@@ -232,9 +257,29 @@ struct Vm<'a> {
     heap: Vec<Obj>,
     protocol: Option<u8>,
     joblib: bool,
+    /// Heap bytes accounted so far.
+    used: usize,
+    /// Heap bytes allowed.
+    budget: usize,
 }
 
 impl<'a> Vm<'a> {
+    /// Accounts `bytes` of heap; fails once the budget is spent, before anything is allocated.
+    fn charge(&mut self, bytes: usize) -> Result<(), PickleError> {
+        self.used = self.used.saturating_add(bytes);
+        if self.used > self.budget {
+            return Err(PickleError::Limit {
+                pos: self.pos,
+                reason: format!(
+                    "the pickle needs more than {} MiB of memory (budget for {} input bytes; no real model does)",
+                    self.budget >> 20,
+                    self.input.len()
+                ),
+            });
+        }
+        Ok(())
+    }
+
     fn malformed(&self, reason: impl Into<String>) -> PickleError {
         PickleError::Malformed {
             pos: self.pos,
@@ -303,6 +348,16 @@ impl<'a> Vm<'a> {
     }
 
     fn alloc(&mut self, obj: Obj) -> Result<Value, PickleError> {
+        let payload = match &obj {
+            Obj::Str(s) | Obj::Global { module: s, .. } => s.len(),
+            Obj::Bytes(b) | Obj::ByteArray(b) | Obj::BigInt(b) => b.len(),
+            Obj::Tuple(v) | Obj::List(v) | Obj::Set(v) => v.len() * size_of::<Value>(),
+            Obj::Dict(p) => p.len() * size_of::<(Value, Value)>(),
+            Obj::Object { .. } => 0,
+            Obj::JoblibArray { data, .. } => data.len(),
+        };
+        // The heap vector doubles as it grows: count each slot twice.
+        self.charge(2 * size_of::<Obj>() + payload)?;
         let i = u32::try_from(self.heap.len()).map_err(|_| PickleError::Limit {
             pos: self.pos,
             reason: "too many objects".into(),
@@ -466,10 +521,11 @@ impl<'a> Vm<'a> {
                     let v = self.alloc(Obj::Str(s))?;
                     stack.push(v);
                 }
-                // UNICODE (protocol 0, raw-unicode-escape; ASCII in practice)
+                // UNICODE (protocol 0): raw-unicode-escape, i.e. Latin-1 bytes plus \uXXXX escapes.
                 b'V' => {
                     let line = self.line("UNICODE")?;
-                    let s = String::from_utf8_lossy(line).into_owned();
+                    let s = raw_unicode_escape(line)
+                        .ok_or_else(|| self.malformed("bad \\u escape in UNICODE"))?;
                     let v = self.alloc(Obj::Str(s))?;
                     stack.push(v);
                 }
@@ -730,7 +786,9 @@ impl<'a> Vm<'a> {
                     let top = *stack
                         .last()
                         .ok_or_else(|| self.malformed("memoizing an empty stack"))?;
-                    memo.insert(idx, top);
+                    if memo.insert(idx, top).is_none() {
+                        self.charge(MEMO_ENTRY_BYTES)?;
+                    }
                 }
                 // GET, BINGET, LONG_BINGET
                 b'g' | b'h' | b'j' => {
@@ -781,6 +839,8 @@ impl<'a> Vm<'a> {
     }
 
     fn extend(&mut self, target: Value, items: Vec<Value>) -> Result<(), PickleError> {
+        // Items recorded on an object are pairs; count the larger size.
+        self.charge(items.len() * size_of::<(Value, Value)>())?;
         let pos = self.pos;
         match self.obj_mut(target) {
             Some(Obj::List(v)) | Some(Obj::Set(v)) => v.extend(items),
@@ -799,6 +859,7 @@ impl<'a> Vm<'a> {
     }
 
     fn set_items(&mut self, target: Value, items: Vec<Value>) -> Result<(), PickleError> {
+        self.charge(items.len() / 2 * size_of::<(Value, Value)>())?;
         let pos = self.pos;
         let pairs = items.chunks_exact(2).map(|p| (p[0], p[1]));
         match self.obj_mut(target) {
@@ -958,6 +1019,32 @@ fn long_value(bytes: &[u8]) -> Option<i64> {
     Some(i64::from_le_bytes(a))
 }
 
+/// Decodes Python's `raw-unicode-escape`: each byte is a Latin-1 character except `\uXXXX` and
+/// `\UXXXXXXXX`, which name a code point (protocol 0 writes a backslash itself as `\u005c`).
+fn raw_unicode_escape(line: &[u8]) -> Option<String> {
+    let mut out = String::with_capacity(line.len());
+    let mut i = 0;
+    while i < line.len() {
+        let c = line[i];
+        let digits = match (c, line.get(i + 1)) {
+            (b'\\', Some(b'u')) => 4,
+            (b'\\', Some(b'U')) => 8,
+            _ => {
+                out.push(char::from(c));
+                i += 1;
+                continue;
+            }
+        };
+        let hex = std::str::from_utf8(line.get(i + 2..i + 2 + digits)?).ok()?;
+        let code = u32::from_str_radix(hex, 16).ok()?;
+        // Lone surrogates (Python allows them) have no char: keep them visible, as the lossy
+        // BINUNICODE path does.
+        out.push(char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER));
+        i += 2 + digits;
+    }
+    Some(out)
+}
+
 /// Undoes Python 2's repr quoting of a protocol-0 STRING (simple escapes only).
 fn unquote(line: &[u8]) -> Option<Vec<u8>> {
     let q = *line.first()?;
@@ -1067,5 +1154,66 @@ X\x01\x00\x00\x00bq\x03\x88u.";
             &items[1..],
             &[Value::Bool(true), Value::Int(42), Value::Float(1.5)]
         );
+    }
+
+    /// `]` then `(` + `)`×1000 + `e` repeated: each byte one empty tuple appended to a list,
+    /// about 100 heap bytes per input byte without a budget.
+    fn tuples_appended(bytes: usize) -> Vec<u8> {
+        let mut p = b"\x80\x02]".to_vec();
+        while p.len() < bytes {
+            p.push(b'(');
+            p.extend(std::iter::repeat_n(b')', 1000));
+            p.push(b'e');
+        }
+        p.push(b'.');
+        p
+    }
+
+    #[test]
+    fn a_small_pickle_asking_for_gigabytes_stops_at_the_heap_budget() {
+        // 20 MB of empty tuples would need ~2 GB of heap; the budget is 16 × 20 MB = 320 MB, capped
+        // at 256 MiB, and the VM must stop there with a limit error, not abort the process.
+        let p = tuples_appended(20 << 20);
+        let err = parse(&p).unwrap_err();
+        assert!(matches!(err, PickleError::Limit { .. }), "{err}");
+        assert!(
+            err.to_string().contains("more than 256 MiB of memory"),
+            "{err}"
+        );
+        assert_eq!(heap_budget(p.len()), HEAP_CAP);
+    }
+
+    #[test]
+    fn the_heap_budget_counts_objects_memo_entries_and_appended_items() {
+        let small = tuples_appended(10_000);
+        assert!(parse_with_budget(&small, 32 << 20).is_ok());
+        let err = parse_with_budget(&small, 100_000).unwrap_err();
+        assert!(matches!(err, PickleError::Limit { .. }), "{err}");
+        // MEMOIZE of one value, many times: only new memo indices cost.
+        let mut memo = b"\x80\x04N".to_vec();
+        memo.extend(std::iter::repeat_n(0x94u8, 10_000));
+        memo.push(b'.');
+        assert!(matches!(
+            parse_with_budget(&memo, 100_000),
+            Err(PickleError::Limit { .. })
+        ));
+        let mut same = b"\x80\x02N".to_vec();
+        for _ in 0..10_000 {
+            same.extend_from_slice(b"q\x00");
+        }
+        same.push(b'.');
+        assert!(parse_with_budget(&same, 100_000).is_ok());
+        assert_eq!(heap_budget(10), 32 << 20);
+    }
+
+    #[test]
+    fn protocol_0_unicode_is_raw_unicode_escape() {
+        // pickle.dumps(['a\\b\né', 'x\U0001f600'], protocol=0)
+        let p = b"(lp0\nVa\\u005cb\\u000a\xe9\np1\naVx\\U0001f600\np2\na.";
+        let pk = parse(p).unwrap();
+        let items = pk.seq(pk.root).unwrap();
+        assert_eq!(pk.str(items[0]), Some("a\\b\n\u{e9}"));
+        assert_eq!(pk.str(items[1]), Some("x\u{1f600}"));
+        assert!(parse(b"V\\u12\n.").is_err());
     }
 }

@@ -125,7 +125,7 @@ pub fn model_from_pickle(p: &Pickle) -> Result<Model, ModelError> {
     let meta = ModelMeta {
         source: Some(source),
         sklearn_version: parts.version,
-        trained_by: None,
+        ..ModelMeta::default()
     };
     let model = match parts.est {
         Est::Svm(svm) => Model::new(parts.scaler, svm, meta)?,

@@ -222,6 +222,7 @@ pub fn train(x: ArrayView2<f64>, params: &TrainParams) -> Result<Model, TrainErr
             params.tol,
             z.nrows()
         )),
+        ..ModelMeta::default()
     };
     Model::new(
         Some(Scaler {
