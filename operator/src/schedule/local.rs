@@ -175,7 +175,9 @@ spec:
             let re = |rule: &str| {
                 regex::Regex::new(rule.strip_prefix("self.matches('").unwrap().strip_suffix("')").unwrap()).unwrap()
             };
-            assert!(re(crate::crd::schedule::SCHEDULE_CEL).is_match(&s.schedule.spec.schedule), "{file:?}");
+            let fields = regex::Regex::new(&crate::schedule::cron::fields_regex()).unwrap();
+            let duration = regex::Regex::new(&format!("^{}$", crate::schedule::cron::DURATION_RE)).unwrap();
+            assert!(crate::schedule::cron::cel_admits(&s.schedule.spec.schedule, &fields, &duration), "{file:?}");
             assert!(re(crate::crd::schedule::TIME_ZONE_CEL).is_match(&s.schedule.spec.time_zone), "{file:?}");
         }
     }
