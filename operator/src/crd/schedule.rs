@@ -23,6 +23,10 @@ pub const SCHEDULED_AT_ANNOTATION: &str = "fleetscore.dev/scheduled-at";
 pub const WINDOW_START_ANNOTATION: &str = "fleetscore.dev/window-start";
 /// Annotation on a scheduled run: end of the data window it covers (its own slot).
 pub const WINDOW_END_ANNOTATION: &str = "fleetscore.dev/window-end";
+/// Annotation on a schedule: set it to a new value to run the current slot now, once per value
+/// (what `kubectl create job --from=cronjob/x` does for a CronJob); the triggered run carries
+/// it too, with the same value.
+pub const TRIGGER_ANNOTATION: &str = "fleetscore.dev/trigger";
 
 /// CEL rule for `spec.timeZone`: an IANA name such as `UTC`, `Europe/Amsterdam` or
 /// `America/Argentina/Buenos_Aires` (the controller checks it against the zone database).
@@ -190,6 +194,9 @@ pub struct ScoringScheduleStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The last `fleetscore.dev/trigger` annotation value turned into a run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_trigger: Option<String>,
 }
 
 #[cfg(test)]

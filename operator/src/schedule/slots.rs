@@ -24,7 +24,8 @@ use std::collections::VecDeque;
 use std::str::FromStr;
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, Offset, TimeZone, Timelike, Utc};
-use chrono_tz::Tz;
+/// The zone type of schedules (re-exported so tests name it without depending on chrono-tz).
+pub use chrono_tz::Tz;
 
 use crate::schedule::cron::{self, Fields, Spec};
 
