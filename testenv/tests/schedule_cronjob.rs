@@ -11,7 +11,11 @@
 //! - `dst-gap`: a fixed-time slot whose local time does not exist runs once at the end of the
 //!   gap; CronJob skips it;
 //! - `dst-repeat`: a fixed-time slot whose local time happens twice runs once; CronJob runs it
-//!   again at the second occurrence.
+//!   again at the second occurrence;
+//! - `cronjob-half-hour-change`: in the two days after a change by half an hour (Lord Howe),
+//!   CronJob skips fixed times that exist (it steps hours by adding real hours, landing on :30);
+//! - `cronjob-hangs`: robfig's Next never returns (the reference reports `hang`), fleetscore has
+//!   a next slot.
 //!
 //! Run: `cargo test -p fleetscore-testenv --test schedule_cronjob` (needs Go, or skips).
 
@@ -167,6 +171,15 @@ fn is_gap_end(tz: Tz, t: DateTime<Utc>) -> bool {
     offset(t) > offset(t - Duration::seconds(1))
 }
 
+/// Whether the zone's offset changed by a fraction of an hour within the two days before `t`
+/// (Australia/Lord_Howe's 30-minute DST): robfig steps hours by adding real hours, so after such
+/// a change it lands on half hours and skips fixed times until its next minute wrap.
+fn is_after_fractional_change(tz: Tz, t: DateTime<Utc>) -> bool {
+    let offset = |t: DateTime<Utc>| tz.offset_from_utc_datetime(&t.naive_utc()).fix().local_minus_utc();
+    let delta = offset(t) - offset(t - Duration::hours(48));
+    delta != 0 && delta % 3600 != 0
+}
+
 /// Whether `t`'s local time happened before, at another instant (a repeated local time).
 fn is_second_occurrence(tz: Tz, t: DateTime<Utc>) -> bool {
     let local = tz.from_utc_datetime(&t.naive_utc()).naive_local();
@@ -211,7 +224,9 @@ fn slots_equal_cronjobs_but_for_the_documented_dst_policy() {
     let mut cases = Vec::new();
     for zone in ZONES {
         for start in starts(zone) {
-            for expr in &exprs {
+            // Apia's 2011 day makes robfig hang (a quarter second each): hand-written ones only.
+            let take = if start < 1_400_000_000 { HAND.len() } else { exprs.len() };
+            for expr in &exprs[..take] {
                 cases.push((expr.clone(), zone, start));
             }
         }
@@ -265,7 +280,11 @@ fn slots_equal_cronjobs_but_for_the_documented_dst_policy() {
         let only_theirs: Vec<i64> = theirs.iter().copied().filter(|s| *s != 0 && *s <= horizon && !ours.contains(s)).collect();
         let at = |s: i64| DateTime::from_timestamp(s, 0).unwrap();
         let mut case_classes = Vec::new();
-        for s in &only_ours {
+        for s in only_ours.iter().filter(|s| is_after_fractional_change(tz, at(**s))) {
+            let _ = s;
+            case_classes.push("cronjob-half-hour-change");
+        }
+        for s in only_ours.iter().filter(|s| !is_after_fractional_change(tz, at(**s))) {
             assert!(fixed && is_gap_end(tz, at(*s)), "{expr:?} in {zone} from {start_t}: fleetscore's slot {} is not CronJob's and not a gap end\n ours   {ours:?}\n theirs {theirs:?}", at(*s));
             case_classes.push("dst-gap");
         }
