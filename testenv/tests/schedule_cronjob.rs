@@ -12,8 +12,12 @@
 //!   gap; CronJob skips it;
 //! - `dst-repeat`: a fixed-time slot whose local time happens twice runs once; CronJob runs it
 //!   again at the second occurrence;
-//! - `cronjob-half-hour-change`: in the two days after a change by half an hour (Lord Howe),
-//!   CronJob skips fixed times that exist (it steps hours by adding real hours, landing on :30);
+//! - `cronjob-half-hour-change`: after a change by half an hour (Lord Howe), CronJob's hour steps
+//!   (real hours) land on :30: it passes by the slots in the first half of the next local hour
+//!   that has slots, and in the hour after the change it can fire on a matching minute whose hour
+//!   does not match;
+//! - `cronjob-midnight-gap`: on a day whose midnight does not exist (America/Santiago), CronJob
+//!   can fire on that day although the day fields do not match it;
 //! - `cronjob-hangs`: robfig's Next never returns (the reference reports `hang`), fleetscore has
 //!   a next slot.
 //!
@@ -26,7 +30,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use chrono::{DateTime, Duration, LocalResult, Offset, TimeZone, Utc};
+use chrono::{DateTime, Datelike, Duration, LocalResult, Offset, TimeZone, Timelike, Utc};
 use fleetscore_operator::schedule::cron::{Spec, sample_expressions};
 use fleetscore_operator::schedule::slots::{CronSchedule, Tz};
 use fleetscore_testenv::skip::skip_or_fail;
@@ -171,12 +175,28 @@ fn is_gap_end(tz: Tz, t: DateTime<Utc>) -> bool {
     offset(t) > offset(t - Duration::seconds(1))
 }
 
-/// Whether the zone's offset changed by a fraction of an hour within the two days before `t`
-/// (Australia/Lord_Howe's 30-minute DST): robfig steps hours by adding real hours, so after such
-/// a change it lands on half hours and skips fixed times until its next minute wrap.
-fn is_after_fractional_change(tz: Tz, t: DateTime<Utc>) -> bool {
+/// Whether `t` lies in the first half of the first local hour with slots after a change of the
+/// zone's offset by a fraction of an hour (Australia/Lord_Howe's 30-minute DST): robfig steps
+/// hours by adding real hours, so after such a change it lands on :30 and passes by the slots of
+/// that hour's first half (for a daily fixed time: the whole next day's run).
+fn is_after_fractional_change(sched: &CronSchedule, t: DateTime<Utc>) -> bool {
+    let tz = sched.time_zone();
     let offset = |t: DateTime<Utc>| tz.offset_from_utc_datetime(&t.naive_utc()).fix().local_minus_utc();
-    let delta = offset(t) - offset(t - Duration::hours(48));
+    let hour = |t: DateTime<Utc>| {
+        let local = tz.from_utc_datetime(&t.naive_utc()).naive_local();
+        (local.date(), local.hour(), local.minute())
+    };
+    let (date, h, minute) = hour(t);
+    if minute >= 30 {
+        return false;
+    }
+    // The first slot of t's local hour.
+    let mut first = t;
+    while let Some(p) = sched.previous_before(first).filter(|p| hour(*p).0 == date && hour(*p).1 == h) {
+        first = p;
+    }
+    let Some(prev) = sched.previous_before(first) else { return false };
+    let delta = offset(first) - offset(prev);
     delta != 0 && delta % 3600 != 0
 }
 
@@ -280,15 +300,34 @@ fn slots_equal_cronjobs_but_for_the_documented_dst_policy() {
         let only_theirs: Vec<i64> = theirs.iter().copied().filter(|s| *s != 0 && *s <= horizon && !ours.contains(s)).collect();
         let at = |s: i64| DateTime::from_timestamp(s, 0).unwrap();
         let mut case_classes = Vec::new();
-        for s in only_ours.iter().filter(|s| is_after_fractional_change(tz, at(**s))) {
-            let _ = s;
+        let half_hour = |s: &&i64| is_after_fractional_change(&sched, at(**s));
+        for _ in only_ours.iter().filter(half_hour) {
             case_classes.push("cronjob-half-hour-change");
         }
-        for s in only_ours.iter().filter(|s| !is_after_fractional_change(tz, at(**s))) {
+        for s in only_ours.iter().filter(|s| !half_hour(s)) {
             assert!(fixed && is_gap_end(tz, at(*s)), "{expr:?} in {zone} from {start_t}: fleetscore's slot {} is not CronJob's and not a gap end\n ours   {ours:?}\n theirs {theirs:?}", at(*s));
             case_classes.push("dst-gap");
         }
-        for s in &only_theirs {
+        let fractional_before = |s: &&i64| {
+            let offset = |t: DateTime<Utc>| tz.offset_from_utc_datetime(&t.naive_utc()).fix().local_minus_utc();
+            let delta = offset(at(**s)) - offset(at(**s) - Duration::hours(1));
+            delta != 0 && delta % 3600 != 0
+        };
+        for _ in only_theirs.iter().filter(fractional_before) {
+            case_classes.push("cronjob-half-hour-change");
+        }
+        // robfig's day loop meets a nonexistent midnight, steps back an hour into the previous
+        // day and then fires on the following day without checking it (America/Santiago).
+        let wrong_day_after_midnight_gap = |s: &&i64| {
+            let Spec::Fields(f) = sched.spec() else { return false };
+            let local = tz.from_utc_datetime(&at(**s).naive_utc()).naive_local().date();
+            let midnight_missing = matches!(tz.from_local_datetime(&local.and_hms_opt(0, 0, 0).unwrap()), LocalResult::None);
+            midnight_missing && !f.day_matches(local.month(), local.day(), local.weekday().num_days_from_sunday())
+        };
+        for _ in only_theirs.iter().filter(|s| !fractional_before(s) && wrong_day_after_midnight_gap(s)) {
+            case_classes.push("cronjob-midnight-gap");
+        }
+        for s in only_theirs.iter().filter(|s| !fractional_before(s) && !wrong_day_after_midnight_gap(s)) {
             assert!(fixed && is_second_occurrence(tz, at(*s)), "{expr:?} in {zone} from {start_t}: CronJob's slot {} is not fleetscore's and not a repeated local time\n ours   {ours:?}\n theirs {theirs:?}", at(*s));
             case_classes.push("dst-repeat");
         }
