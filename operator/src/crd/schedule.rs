@@ -70,7 +70,8 @@ pub struct ScoringScheduleSpec {
     #[x_kube(validation = Rule::new(TIME_ZONE_CEL).message("timeZone must be an IANA time zone name such as UTC, Europe/Amsterdam or America/New_York"))]
     #[schemars(length(min = 1, max = 64))]
     pub time_zone: String,
-    /// Stops new runs; active runs go on.
+    /// Stops new runs; active runs go on. Slots that pass meanwhile are missed slots, handled on
+    /// resume as after downtime (the latest runs unless past startingDeadlineSeconds), as CronJob.
     #[serde(default)]
     pub suspend: bool,
     /// What to do when a slot comes while an earlier run is still active.
@@ -80,8 +81,8 @@ pub struct ScoringScheduleSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub starting_deadline_seconds: Option<i64>,
-    /// Run missed slots after downtime; off by default (only the latest due slot runs, as with
-    /// CronJob).
+    /// Run missed slots after downtime or suspension; off by default (only the latest due slot
+    /// runs, as with CronJob).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill: Option<BackfillSpec>,
     /// Finished successful runs kept; older ones are deleted.
