@@ -66,7 +66,7 @@ mod tests {
     #[test]
     fn a_triggered_run_is_named_after_its_slot_and_trigger_value() {
         let a = trigger_run_name("hourly-scoring", slot(), "1");
-        assert!(a.starts_with("hourly-scoring-202611010600-t") && a.len() == 38, "{a}");
+        assert!(a.starts_with("hourly-scoring-202611010600-t") && a.len() == 37, "{a}");
         assert_ne!(a, trigger_run_name("hourly-scoring", slot(), "2"));
         assert_eq!(trigger_run_name(&"x".repeat(80), slot(), "1").len(), 63);
     }
