@@ -32,13 +32,22 @@ use std::fmt::Write as _;
 pub const ALLOWED: &str = "schedule must be 5 fields separated by spaces: minute (0-59), hour (0-23), day of month (1-31), month (1-12 or JAN-DEC), day of week (0-7 or SUN-SAT; 0 and 7 are Sunday); each field a comma-separated list of *, ?, a value or a range a-b (a <= b), each optionally with a step /n (n >= 1; a/n means a-max/n); or one of @yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly, @every <duration> (e.g. @every 1h30m); no TZ= or CRON_TZ= prefix (set timeZone instead)";
 
 /// The descriptors CronJob accepts besides `@every`, exactly as written (lower case).
-pub const DESCRIPTORS: [&str; 7] = ["@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"];
+pub const DESCRIPTORS: [&str; 7] = [
+    "@yearly",
+    "@annually",
+    "@monthly",
+    "@weekly",
+    "@daily",
+    "@midnight",
+    "@hourly",
+];
 
 /// Whitespace that separates fields: Go's `unicode.IsSpace` (equal to Rust's
 /// `char::is_whitespace`) but U+0085 (NEL), written as the inside of a regex character class
 /// without backslashes. The API server's CEL rule does not reliably match NEL (tested on
 /// kube-apiserver 1.36), so NEL is refused everywhere: the one CronJob-valid form refused.
-const WS_CLASS: &str = "[:space:]\u{a0}\u{1680}\u{2000}-\u{200a}\u{2028}\u{2029}\u{202f}\u{205f}\u{3000}";
+const WS_CLASS: &str =
+    "[:space:]\u{a0}\u{1680}\u{2000}-\u{200a}\u{2028}\u{2029}\u{202f}\u{205f}\u{3000}";
 
 /// Largest value Go's `strconv.Atoi` returns on a 64-bit machine.
 const ATOI_MAX: u64 = i64::MAX as u64;
@@ -57,17 +66,65 @@ struct Bounds {
 }
 
 const MONTH_NAMES: &[(&str, u64)] = &[
-    ("jan", 1), ("feb", 2), ("mar", 3), ("apr", 4), ("may", 5), ("jun", 6),
-    ("jul", 7), ("aug", 8), ("sep", 9), ("oct", 10), ("nov", 11), ("dec", 12),
+    ("jan", 1),
+    ("feb", 2),
+    ("mar", 3),
+    ("apr", 4),
+    ("may", 5),
+    ("jun", 6),
+    ("jul", 7),
+    ("aug", 8),
+    ("sep", 9),
+    ("oct", 10),
+    ("nov", 11),
+    ("dec", 12),
 ];
-const DAY_NAMES: &[(&str, u64)] = &[("sun", 0), ("mon", 1), ("tue", 2), ("wed", 3), ("thu", 4), ("fri", 5), ("sat", 6)];
+const DAY_NAMES: &[(&str, u64)] = &[
+    ("sun", 0),
+    ("mon", 1),
+    ("tue", 2),
+    ("wed", 3),
+    ("thu", 4),
+    ("fri", 5),
+    ("sat", 6),
+];
 
 const FIELDS: [Bounds; 5] = [
-    Bounds { name: "minute", min: 0, max: 59, written_max: 59, names: &[] },
-    Bounds { name: "hour", min: 0, max: 23, written_max: 23, names: &[] },
-    Bounds { name: "day of month", min: 1, max: 31, written_max: 31, names: &[] },
-    Bounds { name: "month", min: 1, max: 12, written_max: 12, names: MONTH_NAMES },
-    Bounds { name: "day of week", min: 0, max: 6, written_max: 7, names: DAY_NAMES },
+    Bounds {
+        name: "minute",
+        min: 0,
+        max: 59,
+        written_max: 59,
+        names: &[],
+    },
+    Bounds {
+        name: "hour",
+        min: 0,
+        max: 23,
+        written_max: 23,
+        names: &[],
+    },
+    Bounds {
+        name: "day of month",
+        min: 1,
+        max: 31,
+        written_max: 31,
+        names: &[],
+    },
+    Bounds {
+        name: "month",
+        min: 1,
+        max: 12,
+        written_max: 12,
+        names: MONTH_NAMES,
+    },
+    Bounds {
+        name: "day of week",
+        min: 0,
+        max: 6,
+        written_max: 7,
+        names: DAY_NAMES,
+    },
 ];
 
 /// A parsed schedule.
@@ -112,7 +169,11 @@ impl Fields {
         }
         let dom = self.dom & (1 << day) != 0;
         let dow = self.dow & (1 << weekday_from_sunday) != 0;
-        if self.dom_star || self.dow_star { dom && dow } else { dom || dow }
+        if self.dom_star || self.dow_star {
+            dom && dow
+        } else {
+            dom || dow
+        }
     }
 }
 
@@ -122,7 +183,10 @@ pub fn parse(expr: &str) -> Result<Spec, String> {
         return Err("the schedule is empty".into());
     }
     if expr.contains("TZ") {
-        return Err("TZ or CRON_TZ in the schedule is not supported (as in CronJob); set timeZone instead".into());
+        return Err(
+            "TZ or CRON_TZ in the schedule is not supported (as in CronJob); set timeZone instead"
+                .into(),
+        );
     }
     if expr.contains('\u{85}') {
         return Err("U+0085 (NEL) is not allowed; separate fields with spaces".into());
@@ -140,8 +204,14 @@ pub fn parse(expr: &str) -> Result<Spec, String> {
                 };
                 let nanos = go_parse_duration(duration).map_err(|e| format!("@every: {e}"))?;
                 // robfig's Every: under a second becomes a second; sub-seconds are dropped.
-                let seconds = if nanos < 1_000_000_000 { 1 } else { nanos / 1_000_000_000 };
-                return Ok(Spec::Every { seconds: i64::try_from(seconds).unwrap_or(i64::MAX) });
+                let seconds = if nanos < 1_000_000_000 {
+                    1
+                } else {
+                    nanos / 1_000_000_000
+                };
+                return Ok(Spec::Every {
+                    seconds: i64::try_from(seconds).unwrap_or(i64::MAX),
+                });
             }
         };
         return parse(fields);
@@ -152,7 +222,8 @@ pub fn parse(expr: &str) -> Result<Spec, String> {
     }
     let mut parsed = [(0u64, false, false); 5];
     for (i, field) in fields.iter().enumerate() {
-        parsed[i] = parse_field(field, &FIELDS[i]).map_err(|e| format!("{} field {field:?}: {e}", FIELDS[i].name))?;
+        parsed[i] = parse_field(field, &FIELDS[i])
+            .map_err(|e| format!("{} field {field:?}: {e}", FIELDS[i].name))?;
     }
     let fold = |bits: u64| (bits & 0x7f) | ((bits >> 7) & 1);
     Ok(Spec::Fields(Fields {
@@ -203,13 +274,21 @@ fn parse_field(field: &str, b: &Bounds) -> Result<(u64, bool, bool), String> {
             }
         };
         if start < b.min {
-            return Err(format!("{start} is below the minimum {} in {item:?}", b.min));
+            return Err(format!(
+                "{start} is below the minimum {} in {item:?}",
+                b.min
+            ));
         }
         if end > b.written_max {
-            return Err(format!("{end} is above the maximum {} in {item:?}", b.written_max));
+            return Err(format!(
+                "{end} is above the maximum {} in {item:?}",
+                b.written_max
+            ));
         }
         if start > end {
-            return Err(format!("range start {start} is after its end {end} in {item:?}"));
+            return Err(format!(
+                "range start {start} is after its end {end} in {item:?}"
+            ));
         }
         if step == 0 {
             return Err(format!("the step must be at least 1 in {item:?}"));
@@ -335,7 +414,10 @@ pub fn go_parse_duration(orig: &str) -> Result<i128, String> {
         if !pre && !post {
             return Err(invalid());
         }
-        let unit_len = s.bytes().take_while(|c| !(*c == b'.' || c.is_ascii_digit())).count();
+        let unit_len = s
+            .bytes()
+            .take_while(|c| !(*c == b'.' || c.is_ascii_digit()))
+            .count();
         if unit_len == 0 {
             return Err(format!("missing unit in duration {orig:?}"));
         }
@@ -390,7 +472,8 @@ pub fn schedule_cel() -> String {
 }
 
 /// The syntax of Go's `time.ParseDuration` (range aside).
-pub const DURATION_RE: &str = "[-+]?(?:0|(?:(?:[0-9]+(?:[.][0-9]*)?|[.][0-9]+)(?:ns|us|\u{b5}s|\u{3bc}s|ms|s|m|h))+)";
+pub const DURATION_RE: &str =
+    "[-+]?(?:0|(?:(?:[0-9]+(?:[.][0-9]*)?|[.][0-9]+)(?:ns|us|\u{b5}s|\u{3bc}s|ms|s|m|h))+)";
 
 /// The anchored regex of a five-field schedule.
 pub fn fields_regex() -> String {
@@ -414,7 +497,11 @@ fn item_regex(b: &Bounds) -> String {
     let mut ranges = Vec::new();
     for a in b.min..=b.written_max {
         let ends: Vec<u64> = (a..=b.written_max).collect();
-        ranges.push(format!("{}-{}", values_regex(&[a], b), values_regex(&ends, b)));
+        ranges.push(format!(
+            "{}-{}",
+            values_regex(&[a], b),
+            values_regex(&ends, b)
+        ));
     }
     format!(
         "(?:{wild}|{}|{}{step}|(?:{})(?:{step})?)",
@@ -486,7 +573,8 @@ pub(crate) fn cel_admits(s: &str, fields: &regex::Regex, duration: &regex::Regex
     }
     if s.starts_with('@') {
         return DESCRIPTORS.contains(&s)
-            || s.strip_prefix("@every ").is_some_and(|d| duration.is_match(d) && go_parse_duration(d).is_ok());
+            || s.strip_prefix("@every ")
+                .is_some_and(|d| duration.is_match(d) && go_parse_duration(d).is_ok());
     }
     fields.is_match(s)
 }
@@ -521,11 +609,44 @@ fn sample_expression(rng: &mut Rng) -> String {
         0 => {
             let d = rng.pick(&DESCRIPTORS);
             let odd = ["@HOURLY", "@reboot", "@every", " @daily", "@daily "];
-            if rng.below(3) == 0 { rng.pick(&odd).to_string() } else { d.to_string() }
+            if rng.below(3) == 0 {
+                rng.pick(&odd).to_string()
+            } else {
+                d.to_string()
+            }
         }
         1 => {
-            let parts = ["1h", "90m", "1h30m", "0", "-5m", "+2s", ".5h", "1.5s", "500ms", "1\u{b5}s", "2\u{3bc}s", "3us", "10ns", "1", "x", "1h ", "2562048h", "9223372036854775807ns", "1e3s", ""];
-            format!("@every {}{}", rng.pick(&parts), if rng.below(4) == 0 { rng.pick(&parts) } else { "" })
+            let parts = [
+                "1h",
+                "90m",
+                "1h30m",
+                "0",
+                "-5m",
+                "+2s",
+                ".5h",
+                "1.5s",
+                "500ms",
+                "1\u{b5}s",
+                "2\u{3bc}s",
+                "3us",
+                "10ns",
+                "1",
+                "x",
+                "1h ",
+                "2562048h",
+                "9223372036854775807ns",
+                "1e3s",
+                "",
+            ];
+            format!(
+                "@every {}{}",
+                rng.pick(&parts),
+                if rng.below(4) == 0 {
+                    rng.pick(&parts)
+                } else {
+                    ""
+                }
+            )
         }
         _ => {
             let count = match rng.below(12) {
@@ -533,7 +654,9 @@ fn sample_expression(rng: &mut Rng) -> String {
                 1 => 6,
                 _ => 5,
             };
-            let seps = [" ", " ", " ", "  ", "\t", "\u{a0}", "\u{3000}", "\n", "\u{85}"];
+            let seps = [
+                " ", " ", " ", "  ", "\t", "\u{a0}", "\u{3000}", "\n", "\u{85}",
+            ];
             let mut out = String::new();
             if rng.below(6) == 0 {
                 out.push_str(rng.pick(&seps));
@@ -572,7 +695,11 @@ fn sample_field(rng: &mut Rng, b: &Bounds) -> String {
 
 fn sample_item(rng: &mut Rng, b: &Bounds) -> String {
     let base = match rng.below(8) {
-        0 | 1 => rng.pick(&["*", "*", "*", "*", "?", "?", "*-", "*-5", "?-x-y", "**", "L", "5#3", "1W", "TZ"]).to_string(),
+        0 | 1 => rng
+            .pick(&[
+                "*", "*", "*", "*", "?", "?", "*-", "*-5", "?-x-y", "**", "L", "5#3", "1W", "TZ",
+            ])
+            .to_string(),
         2 | 3 => sample_value(rng, b),
         _ => {
             let (lo, hi) = (sample_value(rng, b), sample_value(rng, b));
@@ -585,7 +712,27 @@ fn sample_item(rng: &mut Rng, b: &Bounds) -> String {
         }
     };
     match rng.below(4) {
-        0 => format!("{base}/{}", rng.pick(&["1", "2", "2", "5", "5", "15", "3", "0", "+3", "007", "-1", "", "9223372036854775807", "9223372036854775808", "x", "2/3"])),
+        0 => format!(
+            "{base}/{}",
+            rng.pick(&[
+                "1",
+                "2",
+                "2",
+                "5",
+                "5",
+                "15",
+                "3",
+                "0",
+                "+3",
+                "007",
+                "-1",
+                "",
+                "9223372036854775807",
+                "9223372036854775808",
+                "x",
+                "2/3"
+            ])
+        ),
         _ => base,
     }
 }
@@ -628,7 +775,10 @@ mod tests {
     #[test]
     fn cronjob_forms_parse_with_cronjob_meaning() {
         // N/step is N-max/step.
-        assert_eq!(fields("5/15 * * * *").minute, (1 << 5) | (1 << 20) | (1 << 35) | (1 << 50));
+        assert_eq!(
+            fields("5/15 * * * *").minute,
+            (1 << 5) | (1 << 20) | (1 << 35) | (1 << 50)
+        );
         // * as a list item, ? in any field, +, empty items, leading zeros, whitespace.
         assert_eq!(fields("*,15 * * * *").minute, (1u64 << 60) - 1);
         assert_eq!(fields(" ? ?  1,,2 +3 ,MON, ").hour, (1 << 24) - 1);
@@ -637,7 +787,11 @@ mod tests {
         assert_eq!(fields("0 0 * * SUN-SUN").dow, 1);
         assert_eq!(fields("0 0 * * 0-SUN").dow, 1);
         assert_eq!(fields("0 0 * * FRI-7").dow, (1 << 5) | (1 << 6) | 1);
-        assert_eq!(fields("0 0 * * 1/6").dow, 1 << 1, "a/step stops at Saturday");
+        assert_eq!(
+            fields("0 0 * * 1/6").dow,
+            1 << 1,
+            "a/step stops at Saturday"
+        );
         assert!(parse("0 0 * * FRI-SUN").is_err());
         // */1, ?-lists and *,x are stars: the other day field restricts alone.
         for (expr, dom_star, dow_star) in [
@@ -658,19 +812,46 @@ mod tests {
 
     #[test]
     fn every_takes_go_durations_rounded_down_to_seconds_and_at_least_one() {
-        for (expr, secs) in [("@every 1h", 3600), ("@every 90m", 5400), ("@every 1h30m", 5400), ("@every 1.5s", 1), ("@every 0", 1), ("@every -5m", 1), ("@every 500ms", 1), ("@every .5h", 1800)] {
+        for (expr, secs) in [
+            ("@every 1h", 3600),
+            ("@every 90m", 5400),
+            ("@every 1h30m", 5400),
+            ("@every 1.5s", 1),
+            ("@every 0", 1),
+            ("@every -5m", 1),
+            ("@every 500ms", 1),
+            ("@every .5h", 1800),
+        ] {
             assert_eq!(parse(expr), Ok(Spec::Every { seconds: secs }), "{expr}");
         }
-        for bad in ["@every", "@every ", "@every 1", "@every 1x", "@every  1h", "@every 1h ", "@every 9999999999h", "@EVERY 1h", "@HOURLY", "@hourly ", " @hourly"] {
+        for bad in [
+            "@every",
+            "@every ",
+            "@every 1",
+            "@every 1x",
+            "@every  1h",
+            "@every 1h ",
+            "@every 9999999999h",
+            "@EVERY 1h",
+            "@HOURLY",
+            "@hourly ",
+            " @hourly",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn go_durations_match_go() {
-        assert_eq!(go_parse_duration("2562047h"), Ok(2562047 * 3_600_000_000_000));
+        assert_eq!(
+            go_parse_duration("2562047h"),
+            Ok(2562047 * 3_600_000_000_000)
+        );
         assert!(go_parse_duration("2562048h").is_err());
-        assert_eq!(go_parse_duration("-9223372036854775808ns"), Ok(-9223372036854775808));
+        assert_eq!(
+            go_parse_duration("-9223372036854775808ns"),
+            Ok(-9223372036854775808)
+        );
         assert!(go_parse_duration("9223372036854775808ns").is_err());
         assert_eq!(go_parse_duration("1.000000001s"), Ok(1_000_000_001));
         assert_eq!(go_parse_duration("1\u{b5}s"), Ok(1000));
@@ -701,18 +882,44 @@ mod tests {
     }
 
     fn rule_regexes() -> (regex::Regex, regex::Regex) {
-        (regex::Regex::new(&fields_regex()).unwrap(), regex::Regex::new(&format!("^{DURATION_RE}$")).unwrap())
+        (
+            regex::Regex::new(&fields_regex()).unwrap(),
+            regex::Regex::new(&format!("^{DURATION_RE}$")).unwrap(),
+        )
     }
 
     #[test]
     fn the_cel_rule_admits_exactly_what_the_parser_accepts() {
         let (fields, duration) = rule_regexes();
         let mut hand: Vec<String> = [
-            "5/15 * * * *", "*,15 * * * *", "0 0 1,* * MON", "@every 1h", "@every 90m", "? ? * * *",
-            "+5 * * * *", "1,,2 * * * *", "005 * * * *", " 0 * * * * ", "0 0 * * SUN-SUN", "0 0 * * 0-SUN",
-            "0 0 1 * */1", "0 0 */1 * MON", "0 0 * * FRI-SUN", "0 0 * * FRI-7", "0 0 * * 7", "0 0 * * 7/1",
-            "0 0 * * fr\u{130}", ", * * * *", "*-junk * * * *", "*-TZ * * * *", "0\u{a0}0 * * *",
-            "0 0 31 2 *", "@every 2562047h", "@every 2562048h", "59 23 31 12 6", "60 * * * *",
+            "5/15 * * * *",
+            "*,15 * * * *",
+            "0 0 1,* * MON",
+            "@every 1h",
+            "@every 90m",
+            "? ? * * *",
+            "+5 * * * *",
+            "1,,2 * * * *",
+            "005 * * * *",
+            " 0 * * * * ",
+            "0 0 * * SUN-SUN",
+            "0 0 * * 0-SUN",
+            "0 0 1 * */1",
+            "0 0 */1 * MON",
+            "0 0 * * FRI-SUN",
+            "0 0 * * FRI-7",
+            "0 0 * * 7",
+            "0 0 * * 7/1",
+            "0 0 * * fr\u{130}",
+            ", * * * *",
+            "*-junk * * * *",
+            "*-TZ * * * *",
+            "0\u{a0}0 * * *",
+            "0 0 31 2 *",
+            "@every 2562047h",
+            "@every 2562048h",
+            "59 23 31 12 6",
+            "60 * * * *",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -721,20 +928,42 @@ mod tests {
         let (mut accepted, mut refused) = (0, 0);
         for expr in &hand {
             let parsed = parse(expr).is_ok();
-            assert_eq!(cel_admits(expr, &fields, &duration), parsed, "{expr:?}: parser {:?}", parse(expr));
+            assert_eq!(
+                cel_admits(expr, &fields, &duration),
+                parsed,
+                "{expr:?}: parser {:?}",
+                parse(expr)
+            );
             if parsed { accepted += 1 } else { refused += 1 }
         }
         // The sample exercises both sides of the grammar.
-        assert!(accepted > 1_000 && refused > 1_000, "{accepted} accepted, {refused} refused");
+        assert!(
+            accepted > 1_000 && refused > 1_000,
+            "{accepted} accepted, {refused} refused"
+        );
     }
 
     #[test]
     fn the_step_bound_regex_is_exact() {
         let re = regex::Regex::new(&format!("^{}$", le_regex(ATOI_MAX))).unwrap();
-        for ok in ["1", "9", "10", "922337203685477580", "9223372036854775807", "8999999999999999999", "9223372036854775799"] {
+        for ok in [
+            "1",
+            "9",
+            "10",
+            "922337203685477580",
+            "9223372036854775807",
+            "8999999999999999999",
+            "9223372036854775799",
+        ] {
             assert!(re.is_match(ok), "{ok}");
         }
-        for bad in ["0", "9223372036854775808", "9300000000000000000", "10000000000000000000", "01"] {
+        for bad in [
+            "0",
+            "9223372036854775808",
+            "9300000000000000000",
+            "10000000000000000000",
+            "01",
+        ] {
             assert!(!re.is_match(bad), "{bad}");
         }
     }

@@ -197,9 +197,7 @@ impl CronSchedule {
         let mut from = minute_after(wall(t, offset));
         while cursor < horizon {
             let start = skip_below.map_or(from, |s| s.max(from));
-            let Some(w) = next_match(f, start, wall(horizon, offset)) else {
-                return None;
-            };
+            let w = next_match(f, start, wall(horizon, offset))?;
             let candidate = instant(w, offset);
             match self.next_change(cursor, candidate) {
                 None => return Some(candidate),
