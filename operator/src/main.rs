@@ -39,6 +39,18 @@ enum Command {
     Operator(OperatorArgs),
     /// Score a ScoringRun (or ScoringSchedule) manifest on this machine, without Kubernetes.
     Run(RunArgs),
+    /// Run a ScoringSchedule's current slot now, once (as `kubectl create job --from=cronjob/x`):
+    /// sets its `fleetscore.dev/trigger` annotation to a new value. Reads the kubeconfig.
+    Trigger(TriggerArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct TriggerArgs {
+    /// The ScoringSchedule.
+    schedule: String,
+    /// Its namespace (default: the kubeconfig context's namespace).
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -141,6 +153,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Operator(args) => operator(args).await.map(|()| true),
             Command::Run(args) => run_local(args).await,
+            Command::Trigger(args) => trigger(args).await.map(|()| true),
         }
     });
     match result {
@@ -358,4 +371,31 @@ async fn run_local(args: RunArgs) -> anyhow::Result<bool> {
         }
     }
     Ok(all_ok)
+}
+
+/// Sets the schedule's trigger annotation to a new value (the current time), which the schedule
+/// controller turns into one run of the current slot.
+async fn trigger(args: TriggerArgs) -> anyhow::Result<()> {
+    use fleetscore_operator::crd::schedule::{ScoringSchedule, TRIGGER_ANNOTATION};
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes")?;
+    let ns = args
+        .namespace
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let api: kube::Api<ScoringSchedule> = kube::Api::namespaced(client, &ns);
+    let value = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    let patch = serde_json::json!({ "metadata": { "annotations": { TRIGGER_ANNOTATION: value } } });
+    api.patch(
+        &args.schedule,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .with_context(|| format!("annotating ScoringSchedule {ns}/{}", args.schedule))?;
+    println!(
+        "scoringschedule.fleetscore.dev/{} triggered ({TRIGGER_ANNOTATION}={value})",
+        args.schedule
+    );
+    Ok(())
 }
