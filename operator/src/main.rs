@@ -49,6 +49,9 @@ enum Command {
     Describe(RunRef),
     /// One sensor's ledger record and the log of the pod that scored it.
     Logs(LogsArgs),
+    /// Run a ScoringSchedule's current slot now, once (as `kubectl create job --from=cronjob/x`):
+    /// sets its `fleetscore.dev/trigger` annotation to a new value. Reads the kubeconfig.
+    Trigger(TriggerArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -90,6 +93,15 @@ struct LogsArgs {
 fn parse_sensor(s: &str) -> Result<fleetscore_scorer::sensor::SensorId, String> {
     s.parse()
         .map_err(|e: fleetscore_scorer::sensor::SensorError| e.to_string())
+}
+
+#[derive(clap::Args, Debug)]
+struct TriggerArgs {
+    /// The ScoringSchedule.
+    schedule: String,
+    /// Its namespace (default: the kubeconfig context's namespace).
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -237,6 +249,7 @@ fn main() -> std::process::ExitCode {
                 let (client, ns) = kube_client(&args.run).await?;
                 print(cli::logs(&client, &ns, &args.run.run, &args.sensor, args.tail).await)
             }
+            Command::Trigger(args) => trigger(args).await.map(|()| true),
         }
     });
     match result {
@@ -559,4 +572,31 @@ async fn run_local(args: RunArgs) -> anyhow::Result<bool> {
         }
     }
     Ok(all_ok)
+}
+
+/// Sets the schedule's trigger annotation to a new value (the current time), which the schedule
+/// controller turns into one run of the current slot.
+async fn trigger(args: TriggerArgs) -> anyhow::Result<()> {
+    use fleetscore_operator::crd::schedule::{ScoringSchedule, TRIGGER_ANNOTATION};
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes")?;
+    let ns = args
+        .namespace
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let api: kube::Api<ScoringSchedule> = kube::Api::namespaced(client, &ns);
+    let value = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    let patch = serde_json::json!({ "metadata": { "annotations": { TRIGGER_ANNOTATION: value } } });
+    api.patch(
+        &args.schedule,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .with_context(|| format!("annotating ScoringSchedule {ns}/{}", args.schedule))?;
+    println!(
+        "scoringschedule.fleetscore.dev/{} triggered ({TRIGGER_ANNOTATION}={value})",
+        args.schedule
+    );
+    Ok(())
 }

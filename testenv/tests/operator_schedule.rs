@@ -14,16 +14,21 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use fleetscore_operator::crd::run::ScoringRun;
-use fleetscore_operator::crd::schedule::{SCHEDULED_AT_ANNOTATION, ScoringSchedule};
+use fleetscore_operator::crd::schedule::{
+    SCHEDULED_AT_ANNOTATION, ScoringSchedule, TRIGGER_ANNOTATION, WINDOW_END_ANNOTATION,
+    WINDOW_START_ANNOTATION,
+};
 use fleetscore_operator::run::context::{Context, RunConfig};
 use fleetscore_operator::run::controller as run_controller;
 use fleetscore_operator::run::metrics::RunMetrics;
 use fleetscore_operator::schedule::clock::{Clock, ScaledClock};
 use fleetscore_operator::schedule::controller::{build_run, run_controller};
 use fleetscore_operator::schedule::metrics::ScheduleMetrics;
+use fleetscore_operator::schedule::naming::trigger_run_name;
 use fleetscore_operator::schedule::slots::CronSchedule;
 use fleetscore_testenv::events::events_with_reason;
 use fleetscore_testenv::{TestEnv, eventually, wait_for};
+use futures::StreamExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, CustomResourceExt, ResourceExt};
@@ -413,7 +418,7 @@ async fn allow_lets_runs_of_several_slots_be_active_together() {
 }
 
 #[tokio::test]
-async fn a_suspended_schedule_creates_nothing_and_resumes_without_a_burst() {
+async fn a_suspended_schedule_creates_nothing_and_on_resume_runs_the_latest_missed_slot() {
     let Some(env) = env().await else { return };
     env.with_temp_ns(|client, ns| async move {
         let clock = Arc::new(ScaledClock::new(Utc::now(), 60.0));
@@ -424,23 +429,15 @@ async fn a_suspended_schedule_creates_nothing_and_resumes_without_a_burst() {
         )
         .await;
         let op = Operator::start(&client, &ns, &clock);
-        let suspended = eventually(
-            "the Suspended condition is set and slots were passed over",
-            TIMEOUT,
-            || {
-                let (client, ns) = (client.clone(), ns.clone());
-                async move {
-                    let s = get_schedule(&client, &ns, "paused").await;
-                    let passed = s
-                        .status
-                        .as_ref()
-                        .and_then(|st| st.last_schedule_time)
-                        .is_some();
-                    let cond = condition(&s, "Suspended").is_some_and(|c| c.status == "True");
-                    (passed && cond).then_some(s)
-                }
-            },
-        )
+        let suspended = eventually("the Suspended condition is set", TIMEOUT, || {
+            let (client, ns) = (client.clone(), ns.clone());
+            async move {
+                let s = get_schedule(&client, &ns, "paused").await;
+                condition(&s, "Suspended")
+                    .is_some_and(|c| c.status == "True")
+                    .then_some(s)
+            }
+        })
         .await;
         assert!(
             suspended
@@ -465,24 +462,281 @@ async fn a_suspended_schedule_creates_nothing_and_resumes_without_a_burst() {
         )
         .await
         .unwrap();
+        let resumed_after = clock.now();
         let first = eventually("a run after resuming", TIMEOUT, || {
             let (client, ns) = (client.clone(), ns.clone());
             async move { runs(&client, &ns).await.into_iter().next() }
         })
         .await;
-        // No burst of the slots that passed while suspended: the first run is a slot after resuming.
+        // As CronJob: the slots that passed while suspended are missed slots; the latest of them
+        // runs at once (no burst of the older ones, which are counted as missed).
         assert!(
             first.0 > resumed_at - chrono::Duration::minutes(1),
             "first slot {} vs resume {resumed_at}",
             first.0
         );
+        assert!(
+            first.0 <= resumed_after + chrono::Duration::seconds(30),
+            "the catch-up run comes at once: {} vs {resumed_after}",
+            first.0
+        );
+        eventually(
+            "the older suspended slots are counted as missed",
+            TIMEOUT,
+            || {
+                let (client, ns) = (client.clone(), ns.clone());
+                async move {
+                    (get_schedule(&client, &ns, "paused")
+                        .await
+                        .status?
+                        .missed_slots
+                        >= 2)
+                        .then_some(())
+                }
+            },
+        )
+        .await;
         op.stop().await;
         let all = runs(&client, &ns).await;
-        let count_before_resume = all
+        let during = all.iter().filter(|(slot, _)| *slot <= resumed_at).count();
+        assert!(
+            during <= 1,
+            "at most the latest suspended slot runs: {all:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_trigger_subcommand_runs_the_current_slot_once_per_value() {
+    let Some(env) = env().await else { return };
+    let Some(bin) = operator_binary() else {
+        fleetscore_testenv::skip::skip_or_fail(
+            "the fleetscore binary is not built (cargo build --workspace)",
+        );
+        return;
+    };
+    let kubeconfig = env.kubeconfig();
+    env.with_temp_ns(|client, ns| async move {
+        let clock = Arc::new(ScaledClock::new(Utc::now(), 1.0));
+        create(
+            &client,
+            &ns,
+            &schedule("manual", "0 * * * *", json!({"timeZone": "Asia/Kathmandu"})),
+        )
+        .await;
+        let op = Operator::start(&client, &ns, &clock);
+        let trigger = || {
+            let out = std::process::Command::new(&bin)
+                .args(["trigger", "manual", "-n", &ns])
+                .env("KUBECONFIG", &kubeconfig)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "fleetscore trigger: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(
+                text.contains("scoringschedule.fleetscore.dev/manual triggered"),
+                "{text}"
+            );
+        };
+        trigger();
+        let cron = CronSchedule::parse("0 * * * *", Some("Asia/Kathmandu")).unwrap();
+        let current = cron
+            .previous_before(clock.now() + chrono::Duration::seconds(1))
+            .unwrap();
+        let (slot, run) = eventually("the triggered run exists", TIMEOUT, || {
+            let (client, ns) = (client.clone(), ns.clone());
+            async move { runs(&client, &ns).await.into_iter().next() }
+        })
+        .await;
+        assert_eq!(slot, current, "the current slot");
+        let value = run.annotations()[TRIGGER_ANNOTATION].clone();
+        assert_eq!(run.name_any(), trigger_run_name("manual", slot, &value));
+        assert_eq!(
+            run.annotations()[WINDOW_START_ANNOTATION],
+            cron.previous_before(slot)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        assert_eq!(
+            run.annotations()[WINDOW_END_ANNOTATION],
+            slot.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        let s = eventually("the status records the trigger", TIMEOUT, || {
+            let (client, ns, value) = (client.clone(), ns.clone(), value.clone());
+            async move {
+                let s = get_schedule(&client, &ns, "manual").await;
+                (s.status.as_ref()?.last_trigger.as_deref() == Some(value.as_str())).then_some(s)
+            }
+        })
+        .await;
+        assert_eq!(s.status.as_ref().unwrap().active_count, 1);
+        // A triggered run does not count as the slot's scheduled run.
+        // (Created after the slot, the schedule had nothing due: a later hour may have come.)
+        assert!(
+            s.status
+                .as_ref()
+                .unwrap()
+                .last_schedule_time
+                .is_none_or(|t| t > slot),
+            "{:?}",
+            s.status
+        );
+        assert!(
+            !events_with_reason(&client, &ns, "Triggered")
+                .await
+                .is_empty(),
+            "a Triggered event"
+        );
+        // Reconciles of the same value create nothing more; a new value one more run.
+        let api: Api<ScoringSchedule> = Api::namespaced(client.clone(), &ns);
+        api.patch(
+            "manual",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"poke": "1"}}})),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            runs(&client, &ns).await.len(),
+            1,
+            "one run per trigger value"
+        );
+        trigger();
+        eventually("a second triggered run", TIMEOUT, || {
+            let (client, ns) = (client.clone(), ns.clone());
+            async move { (runs(&client, &ns).await.len() == 2).then_some(()) }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(runs(&client, &ns).await.len(), 2);
+        assert!(op.metrics.slot_count("triggered") >= 2);
+        op.stop().await;
+    })
+    .await;
+}
+
+/// The `fleetscore` binary built for this test run: `FLEETSCORE_OPERATOR_BIN`, or next to the test
+/// binary's directory (`target/<profile>/fleetscore`, built by `cargo test --workspace`).
+fn operator_binary() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("FLEETSCORE_OPERATOR_BIN") {
+        return Some(std::path::PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().ok()?;
+    let profile_dir = exe.parent()?.parent()?;
+    Some(profile_dir.join("fleetscore")).filter(|p| p.is_file())
+}
+
+#[tokio::test]
+async fn the_api_server_admits_exactly_the_schedules_the_controller_parses() {
+    let Some(env) = env().await else { return };
+    env.with_temp_ns(|client, ns| async move {
+        // Wait until the CRD is routable, with a valid object.
+        create(&client, &ns, &schedule("valid", "@hourly", json!({}))).await;
+        let api: Api<ScoringSchedule> = Api::namespaced(client.clone(), &ns);
+        let mut exprs: Vec<String> = [
+            "5/15 * * * *",
+            "*,15 * * * *",
+            "0 0 1,* * MON",
+            "@every 1h",
+            "@every 90m",
+            "? ? * * *",
+            "+5 * * * *",
+            "1,,2 * * * *",
+            "005 * * * *",
+            " 0 * * * * ",
+            "0 0 * * FRI-SUN",
+            "0 0 * * FRI-7",
+            "0 0 * * fr\u{130}",
+            "0\u{a0}0 * * *",
+            "0\u{85}0\u{3000}* * *",
+            "@every 2562048h",
+            "@every 1\u{b5}s",
+            "*-TZ * * * *",
+            "61 * * * *",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        exprs.extend(fleetscore_operator::schedule::cron::sample_expressions(
+            3, 600,
+        ));
+        let dry = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        let started = Instant::now();
+        // Batched: many dry-run creates in flight at once.
+        let results: Vec<(String, Result<(), String>)> =
+            futures::stream::iter(exprs.into_iter().enumerate())
+                .map(|(i, expr)| {
+                    let (api, dry) = (api.clone(), dry.clone());
+                    async move {
+                        let obj = schedule(&format!("dry-{i}"), &expr, json!({}));
+                        let result = api
+                            .create(&dry, &obj)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string());
+                        (expr, result)
+                    }
+                })
+                .buffer_unordered(16)
+                .collect()
+                .await;
+        let (mut admitted, mut refused) = (0, 0);
+        let mismatches: Vec<String> = results
             .iter()
-            .filter(|(s, _)| *s < resumed_at - chrono::Duration::minutes(1))
-            .count();
-        assert_eq!(count_before_resume, 0, "{all:?}");
+            .filter(|(expr, result)| CronSchedule::parse(expr, None).is_ok() != result.is_ok())
+            .map(|(expr, result)| {
+                format!(
+                    "{expr:?}: API server {}",
+                    if result.is_ok() { "admits" } else { "refuses" }
+                )
+            })
+            .collect();
+        assert!(
+            mismatches.is_empty(),
+            "the API server and the controller disagree: {mismatches:#?}"
+        );
+        for (expr, result) in &results {
+            let parsed = CronSchedule::parse(expr, None);
+            match result {
+                Ok(()) => {
+                    assert!(
+                        parsed.is_ok(),
+                        "the API server admits {expr:?}, the controller refuses it: {parsed:?}"
+                    );
+                    admitted += 1;
+                }
+                Err(e) => {
+                    assert!(
+                        parsed.is_err(),
+                        "the API server refuses {expr:?}, the controller parses it: {e}"
+                    );
+                    // Our message, or CEL's error for an @every duration past ±292 years.
+                    assert!(
+                        e.contains(fleetscore_operator::schedule::cron::ALLOWED)
+                            || e.contains("duration"),
+                        "{expr:?}: {e}"
+                    );
+                    refused += 1;
+                }
+            }
+        }
+        eprintln!(
+            "{admitted} admitted, {refused} refused in {:?}",
+            started.elapsed()
+        );
+        assert!(
+            admitted > 50 && refused > 50,
+            "{admitted} admitted, {refused} refused"
+        );
     })
     .await;
 }
@@ -681,7 +935,7 @@ async fn the_api_server_refuses_a_bad_cron_or_zone_and_the_controller_flags_an_u
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("schedule must be a standard 5-field cron expression"),
+            err.contains(fleetscore_operator::schedule::cron::ALLOWED),
             "{err}"
         );
         let err = api

@@ -2,9 +2,10 @@
 //! IANA time zone, with CronJob's knobs (suspend, concurrency policy, starting deadline, history
 //! limits) plus a bounded backfill of missed slots.
 //!
-//! The API server refuses a malformed cron expression or time-zone name through CEL rules with a
-//! readable message; the controller then checks fully (ranges, zone database) and reports
-//! anything the schema could not catch as the condition `Invalid`.
+//! The API server refuses a schedule outside the grammar of [`crate::schedule::cron`] through a
+//! CEL rule built from the same tables as the controller's parser, so it admits exactly what the
+//! controller parses; time-zone names are checked for shape by CEL and against the zone database
+//! by the controller (condition `Invalid`).
 
 use std::collections::BTreeMap;
 
@@ -22,49 +23,10 @@ pub const SCHEDULED_AT_ANNOTATION: &str = "fleetscore.dev/scheduled-at";
 pub const WINDOW_START_ANNOTATION: &str = "fleetscore.dev/window-start";
 /// Annotation on a scheduled run: end of the data window it covers (its own slot).
 pub const WINDOW_END_ANNOTATION: &str = "fleetscore.dev/window-end";
-
-/// Builds the regex of one cron field: a list of `*` or value-or-range, each with an optional
-/// `/step` (and extra alternatives such as `?` for the day fields).
-macro_rules! cron_field {
-    ($v:literal) => {
-        cron_field!($v, "")
-    };
-    ($v:literal, $extra:literal) => {
-        concat!(
-            "(?:(?:[*]|",
-            $v,
-            "(?:-",
-            $v,
-            ")?)(?:/[0-9]+)?",
-            $extra,
-            ")",
-            "(?:,(?:(?:[*]|",
-            $v,
-            "(?:-",
-            $v,
-            ")?)(?:/[0-9]+)?",
-            $extra,
-            "))*"
-        )
-    };
-}
-
-/// CEL rule for `spec.schedule`: five standard cron fields with value ranges, or an `@macro`.
-///
-/// Written without backslashes so it survives CEL string quoting; RE2 syntax.
-pub const SCHEDULE_CEL: &str = concat!(
-    "self.matches('^(?:@(?:yearly|annually|monthly|weekly|daily|midnight|hourly)|",
-    cron_field!("[0-5]?[0-9]"),
-    " +",
-    cron_field!("(?:[01]?[0-9]|2[0-3])"),
-    " +",
-    cron_field!("(?:0?[1-9]|[12][0-9]|3[01])", "|[?]"),
-    " +",
-    cron_field!("(?:0?[1-9]|1[0-2]|[A-Za-z]{3})"),
-    " +",
-    cron_field!("(?:[0-7]|[A-Za-z]{3})", "|[?]"),
-    ")$')"
-);
+/// Annotation on a schedule: set it to a new value to run the current slot now, once per value
+/// (what `kubectl create job --from=cronjob/x` does for a CronJob); the triggered run carries
+/// it too, with the same value.
+pub const TRIGGER_ANNOTATION: &str = "fleetscore.dev/trigger";
 
 /// CEL rule for `spec.timeZone`: an IANA name such as `UTC`, `Europe/Amsterdam` or
 /// `America/Argentina/Buenos_Aires` (the controller checks it against the zone database).
@@ -106,19 +68,21 @@ pub const TIME_ZONE_CEL: &str =
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ScoringScheduleSpec {
-    /// Standard 5-field cron expression (minute hour day-of-month month day-of-week) or one of
-    /// @yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly.
-    #[x_kube(validation = Rule::new(SCHEDULE_CEL).message("schedule must be a standard 5-field cron expression (minute 0-59, hour 0-23, day of month 1-31, month 1-12 or JAN-DEC, day of week 0-7 or SUN-SAT; *, ranges a-b, lists a,b and steps /n) or @hourly, @daily, @weekly, @monthly, @yearly"))]
+    /// Cron schedule as Kubernetes CronJob accepts it: 5 fields (minute hour day-of-month month
+    /// day-of-week) or @yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly,
+    /// @every <duration>; 7 is also Sunday.
+    #[x_kube(validation = Rule::new(crate::schedule::cron::schedule_cel()).message(crate::schedule::cron::ALLOWED))]
     #[schemars(length(min = 1, max = 256))]
     pub schedule: String,
     /// IANA time zone the schedule is evaluated in, e.g. `Europe/Amsterdam`; daylight-saving
     /// changes follow Vixie cron (a skipped fixed time runs right after the gap, a repeated one
-    /// runs once).
+    /// runs once; interval schedules follow real time).
     #[serde(default = "default_time_zone")]
     #[x_kube(validation = Rule::new(TIME_ZONE_CEL).message("timeZone must be an IANA time zone name such as UTC, Europe/Amsterdam or America/New_York"))]
     #[schemars(length(min = 1, max = 64))]
     pub time_zone: String,
-    /// Stops new runs; active runs go on.
+    /// Stops new runs; active runs go on. Slots that pass meanwhile are missed slots, handled on
+    /// resume as after downtime (the latest runs unless past startingDeadlineSeconds), as CronJob.
     #[serde(default)]
     pub suspend: bool,
     /// What to do when a slot comes while an earlier run is still active.
@@ -128,8 +92,8 @@ pub struct ScoringScheduleSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub starting_deadline_seconds: Option<i64>,
-    /// Run missed slots after downtime; off by default (only the latest due slot runs, as with
-    /// CronJob).
+    /// Run missed slots after downtime or suspension; off by default (only the latest due slot
+    /// runs, as with CronJob).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill: Option<BackfillSpec>,
     /// Finished successful runs kept; older ones are deleted.
@@ -242,6 +206,9 @@ pub struct ScoringScheduleStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The last `fleetscore.dev/trigger` annotation value turned into a run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_trigger: Option<String>,
 }
 
 #[cfg(test)]
@@ -257,41 +224,6 @@ mod tests {
             .unwrap();
         assert!(!inner.contains('\\') && !inner.contains('\''));
         regex::Regex::new(inner).unwrap()
-    }
-
-    #[test]
-    fn the_schedule_rule_accepts_standard_cron_and_refuses_the_rest() {
-        let re = regex_of(SCHEDULE_CEL);
-        for ok in [
-            "* * * * *",
-            "0 * * * *",
-            "*/15 9-17 * * MON-FRI",
-            "5,35 0-23/2 1,15 jan-jun 0",
-            "0 0 ? * 7",
-            "@hourly",
-            "@midnight",
-            "59 23 31 12 6",
-        ] {
-            assert!(re.is_match(ok), "should accept {ok:?}");
-        }
-        for bad in [
-            "",
-            "* * * *",
-            "* * * * * *",
-            "60 * * * *",
-            "0 24 * * *",
-            "0 0 32 * *",
-            "0 0 0 * *",
-            "0 0 * 13 *",
-            "0 0 * * 8",
-            "0 0 L * *",
-            "0 0 * * 5#3",
-            "@reboot",
-            "CRON_TZ=UTC 0 * * * *",
-            " 0 * * * *",
-        ] {
-            assert!(!re.is_match(bad), "should refuse {bad:?}");
-        }
     }
 
     #[test]
@@ -322,7 +254,7 @@ mod tests {
     fn the_crd_carries_the_rules_columns_and_defaults() {
         let crd = serde_json::to_string(&ScoringSchedule::crd()).unwrap();
         for needle in [
-            "schedule must be a standard 5-field cron expression",
+            "schedule must be 5 fields separated by spaces",
             "timeZone must be an IANA time zone name",
             "\"shortNames\":[\"ss\"]",
             "Next Run",

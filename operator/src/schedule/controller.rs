@@ -20,12 +20,12 @@ use tracing::{info, warn};
 
 use crate::crd::run::{SCHEDULE_LABEL, ScoringRun};
 use crate::crd::schedule::{
-    SCHEDULED_AT_ANNOTATION, ScoringSchedule, ScoringScheduleStatus, WINDOW_END_ANNOTATION,
-    WINDOW_START_ANNOTATION,
+    SCHEDULED_AT_ANNOTATION, ScoringSchedule, ScoringScheduleStatus, TRIGGER_ANNOTATION,
+    WINDOW_END_ANNOTATION, WINDOW_START_ANNOTATION,
 };
 use crate::schedule::clock::Clock;
 use crate::schedule::metrics::ScheduleMetrics;
-use crate::schedule::naming::{label_value, run_name};
+use crate::schedule::naming::{label_value, run_name, trigger_run_name};
 use crate::schedule::plan::{TickInput, TickPlan, plan_tick};
 use crate::schedule::slots::{CronSchedule, SlotError};
 
@@ -176,6 +176,8 @@ struct OwnedRun {
     finished: Option<bool>,
     /// Being deleted (replaced or pruned): neither active nor history.
     deleting: bool,
+    /// Created by the trigger annotation: active and history, but no slot handled.
+    triggered: bool,
 }
 
 /// One reconcile of a schedule: validate, plan the tick, act, write status, requeue.
@@ -246,7 +248,7 @@ pub async fn reconcile(
         .iter()
         .filter(|r| r.finished.is_none() && !r.deleting)
         .collect();
-    let newest_run = runs.iter().map(|r| r.slot).max();
+    let newest_run = runs.iter().filter(|r| !r.triggered).map(|r| r.slot).max();
     let created = sched
         .metadata
         .creation_timestamp
@@ -260,6 +262,8 @@ pub async fn reconcile(
         .max()
         .or(created)
         .unwrap_or(now);
+    // `@every` counts from the newest handled slot, as CronJob counts from lastScheduleTime.
+    let cron = cron.anchored(last_handled);
 
     let plan = plan_tick(&TickInput {
         spec: &sched.spec,
@@ -323,6 +327,47 @@ pub async fn reconcile(
                 name: run_name,
                 finished: None,
                 deleting: false,
+                triggered: false,
+            });
+        }
+    }
+
+    let trigger = sched.annotations().get(TRIGGER_ANNOTATION).cloned();
+    let new_trigger = trigger.filter(|v| old.last_trigger.as_ref() != Some(v));
+    if let Some(value) = &new_trigger {
+        let run = build_triggered_run(&sched, &cron, now, value);
+        let run_name = run.name_any();
+        let slot = run_slot(&run).unwrap_or(now);
+        match runs_api.create(&PostParams::default(), &run).await {
+            Ok(_) => {
+                ctx.metrics.slots("triggered", 1);
+                info!(schedule = %name, run = %run_name, slot = %slot, "created triggered run");
+                publish(
+                    &ctx,
+                    &sched,
+                    EventType::Normal,
+                    "Triggered",
+                    "CreateRun",
+                    format!("created run {run_name} for the current slot {} ({TRIGGER_ANNOTATION}={value})", rfc3339(slot)),
+                )
+                .await;
+            }
+            Err(kube::Error::Api(s)) if s.is_already_exists() => {}
+            Err(source) => {
+                return Err(ScheduleError::CreateRun {
+                    schedule: name,
+                    run: run_name,
+                    source,
+                });
+            }
+        }
+        if !runs.iter().any(|r| r.name == run_name) {
+            created_runs.push(OwnedRun {
+                slot,
+                name: run_name,
+                finished: None,
+                deleting: false,
+                triggered: true,
             });
         }
     }
@@ -357,7 +402,10 @@ pub async fn reconcile(
 
     prune_history(&runs_api, &sched, &runs).await?;
 
-    let status = next_status(&sched, &old, &plan, &runs, &active, &created_runs, now);
+    let mut status = next_status(&sched, &old, &plan, &runs, &active, &created_runs, now);
+    if new_trigger.is_some() {
+        status.last_trigger = new_trigger;
+    }
     write_status(&schedules, &sched, &old, &status).await?;
     // Counted once the status holds them, so a retried tick does not count them twice.
     ctx.metrics.slots("skipped", plan.skipped.len() as u64);
@@ -410,6 +458,7 @@ async fn list_runs(
                 name: run.name_any(),
                 finished,
                 deleting: run.metadata.deletion_timestamp.is_some(),
+                triggered: run.annotations().contains_key(TRIGGER_ANNOTATION),
             })
         })
         .collect();
@@ -450,6 +499,35 @@ pub fn build_run(sched: &ScoringSchedule, cron: &CronSchedule, slot: DateTime<Ut
         ..ObjectMeta::default()
     };
     run
+}
+
+/// The run the trigger annotation value `value` asks for: the current slot (the latest at or
+/// before `now`) with that slot's data window, named after the slot and the value.
+pub fn build_triggered_run(
+    sched: &ScoringSchedule,
+    cron: &CronSchedule,
+    now: DateTime<Utc>,
+    value: &str,
+) -> ScoringRun {
+    let slot = cron
+        .previous_before(now + chrono::Duration::seconds(1))
+        .unwrap_or_else(|| DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now));
+    let mut run = build_run(sched, cron, slot);
+    let name = trigger_run_name(&sched.name_any(), slot, value);
+    run.metadata.name = Some(name);
+    run.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(TRIGGER_ANNOTATION.to_string(), value.to_string());
+    run
+}
+
+/// The slot a run was created for (its `scheduled-at` annotation).
+fn run_slot(run: &ScoringRun) -> Option<DateTime<Utc>> {
+    run.annotations()
+        .get(SCHEDULED_AT_ANNOTATION)
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// Deletes finished runs beyond the history limits, oldest first.
@@ -504,7 +582,12 @@ fn next_status(
     let mut status = old.clone();
     status.observed_generation = generation;
     // Runs found (possibly created before a restart that lost the status write) count too.
-    let newest_run = runs.iter().chain(created.iter()).map(|r| r.slot).max();
+    let newest_run = runs
+        .iter()
+        .chain(created.iter())
+        .filter(|r| !r.triggered)
+        .map(|r| r.slot)
+        .max();
     status.last_schedule_time = [old.last_schedule_time, plan.last_handled, newest_run]
         .into_iter()
         .flatten()

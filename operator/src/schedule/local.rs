@@ -203,8 +203,11 @@ spec:
                 )
                 .unwrap()
             };
+            let fields = regex::Regex::new(&crate::schedule::cron::fields_regex()).unwrap();
+            let duration =
+                regex::Regex::new(&format!("^{}$", crate::schedule::cron::DURATION_RE)).unwrap();
             assert!(
-                re(crate::crd::schedule::SCHEDULE_CEL).is_match(&s.schedule.spec.schedule),
+                crate::schedule::cron::cel_admits(&s.schedule.spec.schedule, &fields, &duration),
                 "{file:?}"
             );
             assert!(

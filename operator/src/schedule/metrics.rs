@@ -8,8 +8,9 @@ use prometheus_client::registry::Registry;
 /// Label of the slot counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SlotLabels {
-    /// `created` (a run was created), `skipped` (Forbid, a run still active) or `missed`
-    /// (past startingDeadlineSeconds or beyond the backfill limit).
+    /// `created` (a run was created), `skipped` (Forbid, a run still active), `missed`
+    /// (past startingDeadlineSeconds or beyond the backfill limit) or `triggered` (a run made by
+    /// the trigger annotation).
     pub outcome: String,
 }
 

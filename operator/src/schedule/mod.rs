@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod controller;
+pub mod cron;
 pub mod local;
 pub mod metrics;
 pub mod naming;

@@ -16,6 +16,21 @@ pub fn run_name(schedule: &str, slot: DateTime<Utc>) -> String {
     format!("{prefix}-{}", slot.format("%Y%m%d%H%M"))
 }
 
+/// The run created by the trigger annotation value `trigger` for `slot`:
+/// `<schedule>-<yyyymmddhhmm>-t<hash of the value>` (≤ 63 characters), so one value makes one run
+/// and never clashes with the slot's scheduled run.
+pub fn trigger_run_name(schedule: &str, slot: DateTime<Utc>, trigger: &str) -> String {
+    let prefix = shorten(schedule, MAX_NAME - SLOT_SUFFIX - TRIGGER_SUFFIX);
+    format!(
+        "{prefix}-{}-t{:08x}",
+        slot.format("%Y%m%d%H%M"),
+        fnv1a(trigger.as_bytes())
+    )
+}
+
+/// Length of the trigger suffix: `-t` + 8 hex digits.
+const TRIGGER_SUFFIX: usize = 10;
+
 /// The schedule's name as a label value (≤ 63 characters; shortened with a hash if longer).
 pub fn label_value(schedule: &str) -> String {
     shorten(schedule, MAX_NAME)
@@ -57,6 +72,17 @@ mod tests {
             run_name("hourly-scoring", slot()),
             "hourly-scoring-202611010600"
         );
+    }
+
+    #[test]
+    fn a_triggered_run_is_named_after_its_slot_and_trigger_value() {
+        let a = trigger_run_name("hourly-scoring", slot(), "1");
+        assert!(
+            a.starts_with("hourly-scoring-202611010600-t") && a.len() == 37,
+            "{a}"
+        );
+        assert_ne!(a, trigger_run_name("hourly-scoring", slot(), "2"));
+        assert_eq!(trigger_run_name(&"x".repeat(80), slot(), "1").len(), 63);
     }
 
     #[test]

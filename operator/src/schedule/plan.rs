@@ -10,7 +10,10 @@
 //!   be replaced at once makes no sense) and deletes the active runs. Forbid with an active run
 //!   skips the slot (event `Skipped`); with backfill it keeps the chosen slots pending and runs
 //!   them one at a time, oldest first, as the active run finishes.
-//! - While suspended, due slots are passed over silently (no surprise burst on resume).
+//! - While suspended nothing runs and nothing is handled: the slots that pass count as missed
+//!   slots at resume, exactly like slots missed while the operator was down (CronJob's rule).
+//!   So on resume the latest of them runs at once (plus `backfill.limit` earlier ones), unless
+//!   `startingDeadlineSeconds` has passed for them; set that to resume without a catch-up run.
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -43,7 +46,7 @@ pub struct TickPlan {
     pub missed: usize,
     /// True when `missed` is a lower bound (a very long gap).
     pub missed_is_lower_bound: bool,
-    /// Slots due but passed over while suspended.
+    /// Slots due while suspended (they stay due: handled on resume).
     pub suspended: usize,
     /// Delete the active runs before creating (Replace).
     pub replace_active: bool,
@@ -79,7 +82,6 @@ pub fn plan_tick(input: &TickInput<'_>) -> TickPlan {
     let newest_due = due.slots.last().copied();
     if spec.suspend {
         plan.suspended = due.total;
-        plan.last_handled = newest_due;
         return plan;
     }
     let eligible: Vec<DateTime<Utc>> = match spec.starting_deadline_seconds {
@@ -253,7 +255,7 @@ mod tests {
     }
 
     #[test]
-    fn a_suspended_schedule_passes_due_slots_over_silently() {
+    fn a_suspended_schedule_runs_nothing_and_keeps_its_slots_due() {
         let p = tick(
             &spec("suspend: true"),
             "2026-01-01T05:00:00Z",
@@ -261,7 +263,28 @@ mod tests {
             0,
         );
         assert!(p.create.is_empty());
-        assert_eq!((p.suspended, p.missed), (5, 0));
-        assert_eq!(p.last_handled, Some(t("2026-01-01T10:00:00Z")));
+        assert_eq!((p.suspended, p.missed, p.last_handled), (5, 0, None));
+    }
+
+    #[test]
+    fn on_resume_the_slots_missed_while_suspended_are_handled_like_downtime() {
+        // As CronJob: the latest missed slot runs at once, the older ones count as missed.
+        let resumed = tick(&spec(""), "2026-01-01T05:00:00Z", "2026-01-01T10:30:00Z", 0);
+        assert_eq!(
+            (resumed.create.clone(), resumed.missed),
+            (vec![t("2026-01-01T10:00:00Z")], 4)
+        );
+        // With a starting deadline they are all too late: nothing runs until the next slot.
+        let late = tick(
+            &spec("startingDeadlineSeconds: 300"),
+            "2026-01-01T05:00:00Z",
+            "2026-01-01T10:30:00Z",
+            0,
+        );
+        assert!(late.create.is_empty());
+        assert_eq!(
+            (late.missed, late.last_handled),
+            (5, Some(t("2026-01-01T10:00:00Z")))
+        );
     }
 }

@@ -1,24 +1,35 @@
-//! Pure slot computation for `ScoringSchedule`: a standard 5-field cron expression evaluated in an
-//! IANA time zone, with no clock and no Kubernetes in sight.
+//! Pure slot computation for `ScoringSchedule`: a schedule in the grammar of
+//! [`crate::schedule::cron`] (what Kubernetes CronJob accepts) evaluated in an IANA time zone,
+//! with no clock and no Kubernetes in sight.
 //!
-//! Daylight-saving rules (those of Vixie cron and of Kubernetes CronJob with `timeZone`, as
-//! implemented by the `croner` crate):
-//! - a fixed local time that does not exist (spring forward, e.g. 02:30 on a day that jumps from
-//!   02:00 to 03:00) runs once, at the first valid instant after the gap (03:00);
-//! - a fixed local time that happens twice (fall back) runs once, at its first occurrence;
-//! - interval or wildcard schedules (`*/15 * * * *`, `0 * * * *`) follow real time: slots inside a
-//!   skipped hour do not exist, slots in a repeated hour run in both passes.
+//! Which local times match is exactly CronJob's (robfig/cron v3). How matching local times map
+//! to instants across daylight-saving and other offset changes is fleetscore's own rule, the one
+//! of Vixie cron, and differs from CronJob's on purpose:
+//! - a *fixed-time* schedule (no `*` or `?` item in the minute and hour fields, e.g. `30 2 * * *`)
+//!   whose local time does not exist (spring forward, 02:00 → 03:00) runs once, at the first
+//!   instant after the gap (03:00); CronJob skips that day's run;
+//! - a fixed-time schedule whose local time happens twice (fall back) runs once, at the first
+//!   occurrence; CronJob runs at both;
+//! - an *interval* schedule (a `*` or `?` item in the minute or hour field: `*/15 * * * *`,
+//!   `0 * * * *`) follows real time, as CronJob does: slots inside a skipped hour do not exist,
+//!   slots in a repeated hour run in both passes;
+//! - `@every d` runs every `d` of real time from an anchor (the controller uses the newest
+//!   handled slot, or the creation time, as CronJob does).
 //!
+//! Any size of offset change is handled (Pacific/Apia skipped 30 December 2011 entirely).
 //! Every slot is an instant (`DateTime<Utc>`), so two slots never share a name even when their
 //! local wall-clock times are equal.
 
 use std::collections::VecDeque;
 use std::str::FromStr;
 
-use chrono::{DateTime, Duration, Utc};
-use chrono_tz::Tz;
-use croner::Cron;
-use croner::parser::{CronParser, Seconds, Year};
+use chrono::{
+    DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, Offset, TimeZone, Timelike, Utc,
+};
+/// The zone type of schedules (re-exported so tests name it without depending on chrono-tz).
+pub use chrono_tz::Tz;
+
+use crate::schedule::cron::{self, Fields, Spec};
 
 /// How many missed slots [`CronSchedule::missed_between`] counts one by one before it reports a
 /// lower bound; beyond this it jumps to the newest slots instead of walking the whole gap.
@@ -28,11 +39,21 @@ pub const MAX_COUNTED_SLOTS: usize = 10_000;
 /// daylight-saving change (at most a few hours anywhere) are never skipped.
 const DST_MARGIN_HOURS: i64 = 3;
 
+/// The largest possible difference of two UTC offsets (UTC-12 to UTC+14), with a margin.
+const MAX_OFFSET_SPAN_HOURS: i64 = 27;
+
+/// Offsets are sampled this far apart when looking for a change (no zone changes its offset
+/// twice within this span).
+const OFFSET_SAMPLE_HOURS: i64 = 12;
+
+/// How far ahead a slot is searched for: a 29 February schedule waits at most 8 years.
+const HORIZON_DAYS: i64 = 10 * 366;
+
 /// Errors from parsing a schedule or computing its slots.
 #[derive(Debug, thiserror::Error)]
 pub enum SlotError {
-    /// The cron expression is not a standard 5-field expression or `@macro`.
-    #[error("schedule {expr:?} is not a valid 5-field cron expression: {reason}")]
+    /// The expression is not in the schedule grammar.
+    #[error("schedule {expr:?} is invalid: {reason}; {allowed}", allowed = cron::ALLOWED)]
     InvalidCron {
         /// The expression as written in the spec.
         expr: String,
@@ -57,12 +78,13 @@ pub enum SlotError {
     },
 }
 
-/// A parsed cron expression bound to its time zone.
+/// A parsed schedule bound to its time zone (and, for `@every`, to an anchor instant).
 #[derive(Debug, Clone)]
 pub struct CronSchedule {
     expr: String,
-    cron: Cron,
+    spec: Spec,
     tz: Tz,
+    anchor: DateTime<Utc>,
 }
 
 /// The slots that fell due in an interval, as returned by [`CronSchedule::missed_between`].
@@ -77,49 +99,27 @@ pub struct MissedSlots {
 }
 
 impl CronSchedule {
-    /// Parses a 5-field cron expression (or `@yearly`, `@annually`, `@monthly`, `@weekly`,
-    /// `@daily`, `@midnight`, `@hourly`) in the IANA zone `time_zone` (UTC when `None`).
+    /// Parses a schedule (see [`crate::schedule::cron`]) in the IANA zone `time_zone` (UTC when
+    /// `None`). An `@every` schedule is anchored at the Unix epoch until [`anchored`](Self::anchored).
     pub fn parse(expr: &str, time_zone: Option<&str>) -> Result<Self, SlotError> {
         let tz = parse_time_zone(time_zone.unwrap_or("UTC"))?;
-        let invalid = |reason: String| SlotError::InvalidCron {
+        let spec = cron::parse(expr).map_err(|reason| SlotError::InvalidCron {
             expr: expr.to_string(),
             reason,
-        };
-        let trimmed = expr.trim();
-        let normalised = if trimmed.eq_ignore_ascii_case("@midnight") {
-            "@daily".to_string()
-        } else {
-            trimmed.to_string()
-        };
-        if normalised.starts_with('@') {
-            const MACROS: [&str; 6] = [
-                "@yearly",
-                "@annually",
-                "@monthly",
-                "@weekly",
-                "@daily",
-                "@hourly",
-            ];
-            if !MACROS.iter().any(|m| m.eq_ignore_ascii_case(&normalised)) {
-                return Err(invalid(format!(
-                    "unknown macro; use one of {} or @midnight",
-                    MACROS.join(", ")
-                )));
-            }
-        } else {
-            check_standard_fields(&normalised).map_err(invalid)?;
-        }
-        let cron = CronParser::builder()
-            .seconds(Seconds::Disallowed)
-            .year(Year::Disallowed)
-            .build()
-            .parse(&normalised)
-            .map_err(|e| invalid(e.to_string()))?;
+        })?;
         Ok(Self {
             expr: expr.to_string(),
-            cron,
+            spec,
             tz,
+            anchor: DateTime::UNIX_EPOCH,
         })
+    }
+
+    /// Anchors an `@every` schedule: its slots are `anchor + k·interval` (whole seconds). No
+    /// effect on other schedules.
+    pub fn anchored(mut self, anchor: DateTime<Utc>) -> Self {
+        self.anchor = DateTime::from_timestamp(anchor.timestamp(), 0).unwrap_or(anchor);
+        self
     }
 
     /// The expression as written.
@@ -132,37 +132,144 @@ impl CronSchedule {
         self.tz
     }
 
+    /// The parsed schedule.
+    pub fn spec(&self) -> &Spec {
+        &self.spec
+    }
+
     /// The first slot strictly after `t`.
     pub fn next_after(&self, t: DateTime<Utc>) -> Result<DateTime<Utc>, SlotError> {
-        let local = t.with_timezone(&self.tz);
-        self.cron
-            .find_next_occurrence(&local, false)
-            .map(|d| d.with_timezone(&Utc))
-            .map_err(|_| SlotError::NoSlot {
-                expr: self.expr.clone(),
-                after: t,
-            })
+        let found = match &self.spec {
+            Spec::Every { seconds } => every_next(self.anchor, *seconds, t),
+            Spec::Fields(f) => self.fields_next(f, t),
+        };
+        found.ok_or_else(|| SlotError::NoSlot {
+            expr: self.expr.clone(),
+            after: t,
+        })
+    }
+
+    /// The UTC offset of the zone at `t`, in seconds.
+    fn offset(&self, t: DateTime<Utc>) -> i64 {
+        i64::from(
+            self.tz
+                .offset_from_utc_datetime(&t.naive_utc())
+                .fix()
+                .local_minus_utc(),
+        )
+    }
+
+    /// The first instant in `(from, until]` whose offset differs from the offset at `from`.
+    fn next_change(&self, from: DateTime<Utc>, until: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let base = self.offset(from);
+        let mut lo = from;
+        while lo < until {
+            let hi = (lo + Duration::hours(OFFSET_SAMPLE_HOURS)).min(until);
+            if self.offset(hi) != base {
+                // Bisect in whole seconds: transitions fall on whole seconds.
+                let (mut a, mut b) = (
+                    lo.timestamp(),
+                    hi.timestamp() + i64::from(hi.timestamp_subsec_nanos() > 0),
+                );
+                while b - a > 1 {
+                    let mid = a + (b - a) / 2;
+                    let at = DateTime::from_timestamp(mid, 0)?;
+                    if self.offset(at) == base {
+                        a = mid
+                    } else {
+                        b = mid
+                    }
+                }
+                return DateTime::from_timestamp(b, 0);
+            }
+            lo = hi;
+        }
+        None
+    }
+
+    /// Next slot of a five-field schedule: walks the zone's constant-offset stretches from `t`,
+    /// applying the daylight-saving rule of the module doc at each offset change.
+    fn fields_next(&self, f: &Fields, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let horizon = t + Duration::days(HORIZON_DAYS);
+        let mut cursor = t;
+        let mut offset = self.offset(t);
+        // Fixed-time schedules skip local times that an offset decrease repeats: walls below
+        // this were already passed once.
+        let mut skip_below: Option<NaiveDateTime> = None;
+        if !f.interval {
+            let mut p = t - Duration::hours(MAX_OFFSET_SPAN_HOURS);
+            let mut last = None;
+            while let Some(change) = self.next_change(p, t) {
+                last = Some(change);
+                p = change;
+            }
+            if let Some(change) = last {
+                let before = self.offset(change - Duration::seconds(1));
+                if before > self.offset(change) {
+                    skip_below = Some(wall(change, before));
+                }
+            }
+        }
+        let mut from = minute_after(wall(t, offset));
+        while cursor < horizon {
+            let start = skip_below.map_or(from, |s| s.max(from));
+            let w = next_match(f, start, wall(horizon, offset))?;
+            let candidate = instant(w, offset);
+            match self.next_change(cursor, candidate) {
+                None => return Some(candidate),
+                Some(change) => {
+                    let after = self.offset(change);
+                    if !f.interval && after > offset {
+                        // Local times in [wall before, wall after) do not exist: one run at the
+                        // end of the gap if any of them matches.
+                        let gap_end = wall(change, after);
+                        if next_match(f, minute_at_or_after(wall(change, offset)), gap_end)
+                            .is_some()
+                        {
+                            return Some(change);
+                        }
+                    }
+                    skip_below = (!f.interval && after < offset).then(|| wall(change, offset));
+                    cursor = change;
+                    offset = after;
+                    from = minute_at_or_after(wall(change, offset));
+                }
+            }
+        }
+        None
     }
 
     /// The last slot strictly before `t`, or `None` if there is none in the supported range.
     ///
-    /// The backward search only gives an anchor; the answer comes from a forward walk so it is
-    /// always one of the slots [`next_after`](Self::next_after) produces, even across DST changes.
+    /// The answer comes from a forward walk so it is always one of the slots
+    /// [`next_after`](Self::next_after) produces, even across DST changes.
     pub fn previous_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let local = t.with_timezone(&self.tz);
-        let anchor = self.cron.find_previous_occurrence(&local, false).ok()?;
-        let mut cursor = anchor.with_timezone(&Utc) - Duration::hours(DST_MARGIN_HOURS);
-        let mut last = None;
-        while let Ok(next) = self.next_after(cursor) {
-            if next >= t {
-                break;
-            }
-            last = Some(next);
-            cursor = next;
+        if let Spec::Every { seconds } = self.spec {
+            let slot = every_next(self.anchor, seconds, t - Duration::seconds(seconds))?;
+            return Some(if slot >= t {
+                slot - Duration::seconds(seconds)
+            } else {
+                slot
+            });
         }
-        last
+        let mut span = Duration::hours(DST_MARGIN_HOURS);
+        let limit = Duration::days(HORIZON_DAYS);
+        loop {
+            let mut cursor = t - span;
+            let mut last = None;
+            while let Ok(next) = self.next_after(cursor) {
+                if next >= t {
+                    break;
+                }
+                last = Some(next);
+                cursor = next;
+            }
+            if last.is_some() || span >= limit {
+                return last;
+            }
+            span = (span * 8).min(limit);
+        }
     }
-
     /// The slots in `(from, to]`: their count and the newest `limit` of them, oldest first.
     ///
     /// Counting stops at [`MAX_COUNTED_SLOTS`]; the newest slots are still exact then.
@@ -239,54 +346,65 @@ pub fn parse_time_zone(zone: &str) -> Result<Tz, SlotError> {
     })
 }
 
-/// Refuses everything but standard cron fields: numbers, `*`, ranges, steps, lists, and
-/// three-letter month/day names; croner's extensions (`L`, `W`, `#`, `+`, seconds) are not
-/// portable to Kubernetes CronJob users and are rejected with a message.
-fn check_standard_fields(expr: &str) -> Result<(), String> {
-    const FIELD_NAMES: [&str; 5] = ["minute", "hour", "day of month", "month", "day of week"];
-    const MONTHS: [&str; 12] = [
-        "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
-    ];
-    const DAYS: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
-    let fields: Vec<&str> = expr.split_whitespace().collect();
-    if fields.len() != 5 {
-        return Err(format!(
-            "expected 5 fields (minute hour day-of-month month day-of-week), found {}",
-            fields.len()
-        ));
-    }
-    for (i, field) in fields.iter().enumerate() {
-        let name = FIELD_NAMES[i];
-        if let Some(bad) = field
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '*' | '/' | ',' | '-' | '?')))
-        {
-            return Err(format!("{name} field {field:?} contains {bad:?}"));
-        }
-        if field.contains('?') && !matches!(i, 2 | 4) {
-            return Err(format!(
-                "{name} field {field:?}: '?' is only allowed in day fields"
-            ));
-        }
-        // Letters are only allowed as whole month or day names.
-        for token in field.split(|c: char| !c.is_ascii_alphabetic()) {
-            if token.is_empty() {
-                continue;
+/// The wall-clock time of `t` at `offset` seconds.
+fn wall(t: DateTime<Utc>, offset: i64) -> NaiveDateTime {
+    t.naive_utc() + Duration::seconds(offset)
+}
+
+/// The instant of wall-clock time `w` at `offset` seconds.
+fn instant(w: NaiveDateTime, offset: i64) -> DateTime<Utc> {
+    (w - Duration::seconds(offset)).and_utc()
+}
+
+/// The first whole minute strictly after `w`.
+fn minute_after(w: NaiveDateTime) -> NaiveDateTime {
+    truncate_minute(w) + Duration::minutes(1)
+}
+
+/// The first whole minute at or after `w`.
+fn minute_at_or_after(w: NaiveDateTime) -> NaiveDateTime {
+    let m = truncate_minute(w);
+    if m == w { m } else { m + Duration::minutes(1) }
+}
+
+fn truncate_minute(w: NaiveDateTime) -> NaiveDateTime {
+    w.date().and_hms_opt(w.hour(), w.minute(), 0).unwrap_or(w)
+}
+
+/// The first matching local time in `[from, until)` (`from` a whole minute).
+fn next_match(f: &Fields, from: NaiveDateTime, until: NaiveDateTime) -> Option<NaiveDateTime> {
+    let mut date: NaiveDate = from.date();
+    let (mut h0, mut m0) = (from.hour(), from.minute());
+    while date.and_hms_opt(0, 0, 0)? < until {
+        if f.day_matches(
+            date.month(),
+            date.day(),
+            date.weekday().num_days_from_sunday(),
+        ) {
+            for h in h0..24 {
+                if f.hour & (1 << h) == 0 {
+                    continue;
+                }
+                let first = if h == h0 { m0 } else { 0 };
+                if let Some(m) = (first..60).find(|m| f.minute & (1u64 << m) != 0) {
+                    let w = date.and_hms_opt(h, m, 0)?;
+                    return (w < until).then_some(w);
+                }
             }
-            let upper = token.to_ascii_uppercase();
-            let ok = match i {
-                3 => MONTHS.contains(&upper.as_str()),
-                4 => DAYS.contains(&upper.as_str()),
-                _ => false,
-            };
-            if !ok {
-                return Err(format!(
-                    "{name} field {field:?}: {token:?} is not a standard value (no L, W or # extensions)"
-                ));
-            }
         }
+        date = date.succ_opt()?;
+        (h0, m0) = (0, 0);
     }
-    Ok(())
+    None
+}
+
+/// The first slot of `anchor + k·seconds` (any integer k) strictly after `t`.
+fn every_next(anchor: DateTime<Utc>, seconds: i64, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let step = i128::from(seconds.max(1)) * 1_000_000_000;
+    let since = i128::from((t - anchor).num_nanoseconds()?);
+    let k = since.div_euclid(step) + 1;
+    let offset = i64::try_from(k * step / 1_000_000_000).ok()?;
+    anchor.checked_add_signed(Duration::try_seconds(offset)?)
 }
 
 #[cfg(test)]
@@ -491,13 +609,13 @@ mod tests {
     #[test]
     fn bad_expressions_and_zones_are_refused_with_readable_messages() {
         for (expr, needle) in [
-            ("* * * *", "expected 5 fields"),
-            ("0 0 * * * *", "expected 5 fields"),
-            ("61 * * * *", "valid 5-field"),
-            ("0 0 L * *", "no L, W or # extensions"),
-            ("0 0 * * 5#3", "contains '#'"),
-            ("@reboot", "unknown macro"),
-            ("CRON_TZ=UTC 0 * * * *", "expected 5 fields"),
+            ("* * * *", "exactly 5 fields"),
+            ("0 0 * * * *", "exactly 5 fields"),
+            ("61 * * * *", "above the maximum 59"),
+            ("0 0 L * *", "not a number"),
+            ("0 0 * * 5#3", "not a number"),
+            ("@reboot", "unknown descriptor"),
+            ("CRON_TZ=UTC 0 * * * *", "set timeZone instead"),
         ] {
             let err = CronSchedule::parse(expr, None).unwrap_err().to_string();
             assert!(err.contains(needle), "{expr}: {err}");
