@@ -240,6 +240,11 @@ async fn a_15_sensor_run_partitions_once_and_completes_with_correct_counts_and_p
         }
         let summary = out.path().join("fleet/summary.json");
         fleetscore_testenv::eventually("the operator writes the ledger summary", TIMEOUT, || async { summary.exists().then_some(()) }).await;
+        let report = out.path().join("fleet/report.html");
+        fleetscore_testenv::eventually("the operator writes report.html beside summary.json", TIMEOUT, || async {
+            report.exists().then_some(())
+        })
+        .await;
         // Finished Jobs were handed to the TTL controller once recorded.
         let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
         let left = jobs.list(&Default::default()).await.unwrap().items;

@@ -729,6 +729,7 @@ impl Reconciler {
             "failedSensors": st.failed_sensors,
             "failedBatches": st.failed_batches,
             "sensorsPerJob": run.spec.sensors_per_job,
+            "parallelism": run.spec.parallelism,
             "sensors": st.total,
         });
         let written = match fleetscore_scorer::storage::open(&jobs::ledger_url(run)) {
@@ -752,6 +753,15 @@ impl Reconciler {
             )
             .await;
             return Ok(Action::requeue(Duration::from_secs(30)));
+        }
+        // The human view beside it (best effort: the summary is what other tools read).
+        let scaler = run.status.as_ref().and_then(|s| s.scaler.clone());
+        if let Ok(out) = fleetscore_scorer::storage::open(&run.spec.storage.output)
+            && let Err(e) =
+                fleetscore_scorer::report::write_report(&out, &self.name, &summary, scaler.as_ref())
+                    .await
+        {
+            warn!(run = %self.name, error = %e, "could not write report.html");
         }
         st.summary = Some(url);
         self.write_status(run, &st).await?;
