@@ -156,7 +156,9 @@ async fn describe_logs_and_rerun_work_on_a_finished_run_also_as_a_kubectl_plugin
         let text = stdout(&logs);
         assert!(text.contains(&format!("== ledger record {output}/nightly/logs/2_4.json")), "{text}");
         assert!(text.contains("\"outcome\": \"Failed\"") && text.contains("no model model_2_4"), "{text}");
-        assert!(text.contains("Job nightly-1 has no pods left"), "the sensor's Job is named: {text}");
+        // Job names carry the run's UID tag: nightly-<6 hex>-<batch>.
+        let named = text.lines().any(|l| l.contains("Job nightly-") && l.contains("-1 has no pods left"));
+        assert!(named, "the sensor's Job is named: {text}");
         let missing = cli(&bin, &env, &["logs", "nightly", "--sensor", "1:4", "-n", &ns]);
         assert!(stdout(&missing).contains("(none:"), "{}", stdout(&missing));
         let bad = cli(&bin, &env, &["logs", "nightly", "--sensor", "nocolon", "-n", &ns]);
