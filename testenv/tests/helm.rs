@@ -418,11 +418,13 @@ fn operator_pod(manifest: &str, ns: &str) -> (String, Vec<String>, Vec<(String, 
                         return Some((name, value.to_owned()));
                     }
                     let field = v["valueFrom"]["fieldRef"]["fieldPath"].as_str()?;
-                    assert_eq!(
-                        field, "metadata.namespace",
-                        "unexpected field reference {field}"
-                    );
-                    Some((name, ns.to_owned()))
+                    // The downward API, as the kubelet would fill it in for this one "pod".
+                    let value = match field {
+                        "metadata.namespace" => ns.to_owned(),
+                        "metadata.name" => "fleetscore-operator-0".to_owned(),
+                        other => panic!("unexpected field reference {other}"),
+                    };
+                    Some((name, value))
                 })
                 .collect()
         })

@@ -84,7 +84,7 @@ fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> RunError {
 }
 
 /// Runs the ScoringRun controller until the stream ends (shutdown signal) or the task is
-/// aborted. `/readyz` turns ready once the run cache has synced.
+/// aborted.
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let (runs, jobs): (Api<ScoringRun>, Api<Job>) = match &ctx.config.namespace {
@@ -101,13 +101,7 @@ pub async fn run(ctx: Arc<Context>) {
     let controller = Controller::new(runs, watcher::Config::default().any_semantic())
         .owns(jobs, job_watch.any_semantic())
         .with_config(config);
-    let store = controller.store();
-    let ready = ctx.ready.clone();
-    let synced = tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            ready.store(true, Ordering::SeqCst);
-        }
-    });
+    ctx.ready.store(true, Ordering::SeqCst);
     controller
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
@@ -117,7 +111,6 @@ pub async fn run(ctx: Arc<Context>) {
             }
         })
         .await;
-    synced.abort();
 }
 
 /// Logs and counts a failed reconcile, then retries: invalid input waits for a spec change, a
