@@ -174,7 +174,7 @@ async fn describe_logs_and_rerun_work_on_a_finished_run_also_as_a_kubectl_plugin
         assert!(rerun.status.success(), "{}", String::from_utf8_lossy(&rerun.stderr));
         let annotated = runs.get("nightly").await.unwrap();
         let value = annotated.annotations().get(RERUN_ANNOTATION).cloned().expect("the rerun annotation is set");
-        let new_name = run_controller::rerun_name("nightly", &value);
+        let new_name = fleetscore_operator::run::naming::rerun_name("nightly", &value);
         assert!(stdout(&rerun).contains(&new_name), "{}", stdout(&rerun));
         let created = wait_for(&runs, &new_name, "be created by the operator", |r: &ScoringRun| r.spec.rerun_of.as_deref() == Some("nightly"), Duration::from_secs(60)).await;
         operator.abort();

@@ -313,7 +313,11 @@ async fn rerun_failed(runs: &Api<ScoringRun>, name: &str) -> ScoringRun {
     runs.patch(name, &PatchParams::default(), &Patch::Merge(&annotate))
         .await
         .unwrap();
-    let rerun = finished(runs, &run_controller::rerun_name(name, "1")).await;
+    let rerun = finished(
+        runs,
+        &fleetscore_operator::run::naming::rerun_name(name, "1"),
+    )
+    .await;
     assert_eq!(rerun.spec.rerun_of.as_deref(), Some(name));
     rerun
 }

@@ -888,11 +888,6 @@ fn parse_sensor_lines(text: &str) -> Result<Vec<SensorRef>, RunError> {
         .collect()
 }
 
-/// Name of the run created by a rerun request with annotation value `value`.
-pub fn rerun_name(run: &str, value: &str) -> String {
-    naming::rerun_name(run, value)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1062,8 +1057,14 @@ mod tests {
 
     #[test]
     fn rerun_names_are_deterministic_per_request() {
-        assert_eq!(rerun_name("nightly", "1"), rerun_name("nightly", "1"));
-        assert_ne!(rerun_name("nightly", "1"), rerun_name("nightly", "2"));
-        assert!(rerun_name("nightly", "1").starts_with("nightly-rerun-"));
+        assert_eq!(
+            naming::rerun_name("nightly", "1"),
+            naming::rerun_name("nightly", "1")
+        );
+        assert_ne!(
+            naming::rerun_name("nightly", "1"),
+            naming::rerun_name("nightly", "2")
+        );
+        assert!(naming::rerun_name("nightly", "1").starts_with("nightly-rerun-"));
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -30,7 +30,7 @@ use crate::schedule::plan::{TickInput, TickPlan, plan_tick};
 use crate::schedule::slots::{CronSchedule, SlotError};
 
 /// Field manager of the schedule controller's writes.
-pub const FIELD_MANAGER: &str = "fleetscore-schedule";
+pub const FIELD_MANAGER: &str = crate::kit::SCHEDULE_MANAGER;
 
 /// Errors of one reconcile; each names the object it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -709,8 +709,8 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// Sets a condition; keeps its transition time when the status does not change. Returns
-/// whether anything changed.
+/// Sets a condition (the shared [`crate::kit::set_condition`], at the schedule clock's time).
+/// Returns whether anything changed.
 fn set_condition(
     conditions: &mut Vec<Condition>,
     type_: &str,
@@ -720,38 +720,9 @@ fn set_condition(
     generation: Option<i64>,
     now: DateTime<Utc>,
 ) -> bool {
-    let status = if status { "True" } else { "False" }.to_string();
-    let transition = Time(
-        k8s_openapi::jiff::Timestamp::from_second(now.timestamp())
-            .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
-    );
-    match conditions.iter_mut().find(|c| c.type_ == type_) {
-        Some(c) => {
-            let changed = c.status != status
-                || c.reason != reason
-                || c.message != message
-                || c.observed_generation != generation;
-            if c.status != status {
-                c.last_transition_time = transition;
-            }
-            c.status = status;
-            c.reason = reason.to_string();
-            c.message = message.to_string();
-            c.observed_generation = generation;
-            changed
-        }
-        None => {
-            conditions.push(Condition {
-                type_: type_.to_string(),
-                status,
-                reason: reason.to_string(),
-                message: message.to_string(),
-                observed_generation: generation,
-                last_transition_time: transition,
-            });
-            true
-        }
-    }
+    let now = k8s_openapi::jiff::Timestamp::from_second(now.timestamp())
+        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+    crate::kit::set_condition(conditions, type_, status, reason, message, generation, now)
 }
 
 /// Writes the status by server-side apply, unless it did not change (a write would wake the
