@@ -24,7 +24,7 @@ use tracing::{info, warn};
 use super::context::Context;
 use super::decide::{self, Observed, PrepareState, RunDecision, Settings};
 use super::jobs::{self, MANAGED_BY, MANAGED_BY_LABEL, ROLE_LABEL, ROLE_SCORE, RUN_LABEL};
-use super::metrics::{OutcomeLabels, RunLabels};
+use super::metrics::{OutcomeLabels, ReasonLabels, RunLabels};
 use super::naming;
 use super::plan::{self, BatchSet, Layout, QueueError};
 use crate::crd::run::{
@@ -439,6 +439,13 @@ impl Reconciler {
                     outcome: "failed".into(),
                 })
                 .inc_by(d.newly.1);
+        }
+        for (reason, n) in &d.newly_failed {
+            m.sensor_failures
+                .get_or_create(&ReasonLabels {
+                    reason: reason.clone(),
+                })
+                .inc_by(*n);
         }
         if let Some(phase) = d.finished {
             m.runs

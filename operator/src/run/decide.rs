@@ -140,6 +140,8 @@ pub struct RunDecision {
     pub finished: Option<Phase>,
     /// Sensors newly recorded as succeeded / failed (metrics).
     pub newly: (u64, u64),
+    /// The newly failed sensors by reason (metrics; sums to `newly.1`).
+    pub newly_failed: BTreeMap<String, u64>,
     /// Queue depth and active Jobs (per-run gauges) while the run is unfinished.
     pub gauges: Option<(i64, i64)>,
     /// When to look again; None: on the next change only.
@@ -325,6 +327,9 @@ pub fn decide(obs: &Observed, settings: &Settings) -> RunDecision {
         .sum();
     let recorded_now: i64 = p.recorded_now.iter().map(|(b, _)| layout.size(*b)).sum();
     d.newly = (to_u64(recorded_now - failed_now), to_u64(failed_now));
+    for f in p.recorded_now.iter().flat_map(|(_, failed)| failed) {
+        *d.newly_failed.entry(f.reason.clone()).or_default() += 1;
+    }
     match finished {
         Some(phase) => {
             st.completion_time = Some(Time(obs.now));
@@ -391,6 +396,7 @@ pub fn record_rejections(obs: &Observed, d: &mut RunDecision, rejected: &[(i64, 
         progress.failed_batches.insert(*batch);
         st.active = (st.active - n).max(0);
         d.newly.1 += to_u64(n);
+        *d.newly_failed.entry("JobRejected".into()).or_default() += to_u64(n);
     }
     progress.next_batch = progress
         .next_batch
@@ -454,7 +460,11 @@ pub fn finish_failed(
     st.active = 0;
     st.completion_time = Some(Time(obs.now));
     d.finished = Some(Phase::Failed);
-    d.newly.1 += to_u64(st.failed - read.failed);
+    let n = to_u64(st.failed - read.failed);
+    d.newly.1 += n;
+    if n > 0 {
+        *d.newly_failed.entry(reason.to_string()).or_default() += n;
+    }
     d.events
         .push(RunEvent::warning(reason, message.to_string()));
     d.gauges = None;
@@ -770,6 +780,12 @@ mod tests {
         assert!(is_ready(&d.status));
         assert_eq!(d.status.duration.as_deref(), Some("1m0s"));
         assert_eq!(d.newly, (1, 1));
+        let reason = d.status.failed_sensors[0].reason.clone();
+        assert_eq!(
+            d.newly_failed,
+            BTreeMap::from([(reason, 1)]),
+            "the failure is counted under its reason"
+        );
         assert_eq!(d.requeue, None);
         assert!(
             d.events.iter().any(|e| e.reason == "SensorFailed")

@@ -22,6 +22,13 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// Label of the sensor-failure counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// The failed sensor's reason, as in `status.failedSensors[].reason`.
+    pub reason: String,
+}
+
 /// Labels of a per-run gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RunLabels {
@@ -53,6 +60,8 @@ pub struct RunMetrics {
     pub runs: Family<OutcomeLabels, Counter>,
     /// Finished sensors by outcome.
     pub sensors: Family<OutcomeLabels, Counter>,
+    /// Failed sensors by reason (the dashboard's "failures by reason").
+    pub sensor_failures: Family<ReasonLabels, Counter>,
     /// Sensors waiting in the operator's queue, per run.
     pub queue_depth: Family<RunLabels, Gauge>,
     /// Scoring Jobs active, per run.
@@ -69,6 +78,7 @@ impl Default for RunMetrics {
             reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             runs: Family::default(),
             sensors: Family::default(),
+            sensor_failures: Family::default(),
             queue_depth: Family::default(),
             active_jobs: Family::default(),
             api_writes: Family::default(),
@@ -101,6 +111,11 @@ impl RunMetrics {
             "sensors_finished",
             "Finished sensors by outcome",
             m.sensors.clone(),
+        );
+        r.register(
+            "sensor_failures",
+            "Failed sensors by reason",
+            m.sensor_failures.clone(),
         );
         r.register(
             "queue_depth",
