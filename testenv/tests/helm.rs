@@ -735,7 +735,7 @@ fn exported_metric_names() -> std::collections::BTreeSet<String> {
     let schedule = fleetscore_operator::schedule::metrics::ScheduleMetrics::default();
     schedule.register(&mut registry);
     // Label families are encoded only once they have a child: give each one.
-    use fleetscore_operator::run::metrics::{ErrorLabels, OutcomeLabels, RunLabels};
+    use fleetscore_operator::run::metrics::{ErrorLabels, OutcomeLabels, ReasonLabels, RunLabels};
     let outcome = OutcomeLabels {
         outcome: "Failed".into(),
     };
@@ -748,6 +748,11 @@ fn exported_metric_names() -> std::collections::BTreeSet<String> {
     run.failures
         .get_or_create(&ErrorLabels {
             error: "Kube".into(),
+        })
+        .inc();
+    run.sensor_failures
+        .get_or_create(&ReasonLabels {
+            reason: "NoModel".into(),
         })
         .inc();
     run.queue_depth.get_or_create(&per_run).set(1);
