@@ -151,6 +151,17 @@ pub struct RunDecision {
     pub first_creates: bool,
 }
 
+impl RunDecision {
+    /// Counts `n` newly failed sensors under `reason`: keeps `newly.1` and `newly_failed` in step.
+    fn count_failed(&mut self, reason: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.newly.1 += n;
+        *self.newly_failed.entry(reason.to_string()).or_default() += n;
+    }
+}
+
 /// Most `SensorFailed` events one reconcile publishes (events are API writes too).
 const MAX_FAILURE_EVENTS: usize = 5;
 
@@ -320,16 +331,11 @@ pub fn decide(obs: &Observed, settings: &Settings) -> RunDecision {
             format!("{}: {} {}", f.sensor, f.reason, f.message),
         ));
     }
-    let failed_now: i64 = p
-        .recorded_now
-        .iter()
-        .map(|(_, f)| i64::try_from(f.len()).unwrap_or(0))
-        .sum();
-    let recorded_now: i64 = p.recorded_now.iter().map(|(b, _)| layout.size(*b)).sum();
-    d.newly = (to_u64(recorded_now - failed_now), to_u64(failed_now));
     for f in p.recorded_now.iter().flat_map(|(_, failed)| failed) {
-        *d.newly_failed.entry(f.reason.clone()).or_default() += 1;
+        d.count_failed(&f.reason, 1);
     }
+    let recorded_now: i64 = p.recorded_now.iter().map(|(b, _)| layout.size(*b)).sum();
+    d.newly.0 = to_u64(recorded_now).saturating_sub(d.newly.1);
     match finished {
         Some(phase) => {
             st.completion_time = Some(Time(obs.now));
@@ -364,8 +370,7 @@ pub fn record_rejections(obs: &Observed, d: &mut RunDecision, rejected: &[(i64, 
     }
     let scoring_creates = d.create.iter().filter(|c| c.batch.is_some()).count();
     let layout = Layout::new(obs.sensors.len(), obs.run.spec.sensors_per_job);
-    let st = &mut d.status;
-    let Ok(mut progress) = progress_of(st) else {
+    let Ok(mut progress) = progress_of(&d.status) else {
         return false;
     };
     let whole_run = d.first_creates && rejected.len() == scoring_creates;
@@ -394,13 +399,13 @@ pub fn record_rejections(obs: &Observed, d: &mut RunDecision, rejected: &[(i64, 
         progress.failed += n;
         progress.recorded.insert(*batch);
         progress.failed_batches.insert(*batch);
-        st.active = (st.active - n).max(0);
-        d.newly.1 += to_u64(n);
-        *d.newly_failed.entry("JobRejected".into()).or_default() += to_u64(n);
+        d.status.active = (d.status.active - n).max(0);
+        d.count_failed("JobRejected", to_u64(n));
     }
     progress.next_batch = progress
         .next_batch
         .max(batches.iter().map(|(b, _)| b + 1).max().unwrap_or(0));
+    let st = &mut d.status;
     write_progress(st, &progress);
     st.queued = (progress.next_batch..layout.batches())
         .map(|b| layout.size(b))
@@ -460,11 +465,7 @@ pub fn finish_failed(
     st.active = 0;
     st.completion_time = Some(Time(obs.now));
     d.finished = Some(Phase::Failed);
-    let n = to_u64(st.failed - read.failed);
-    d.newly.1 += n;
-    if n > 0 {
-        *d.newly_failed.entry(reason.to_string()).or_default() += n;
-    }
+    d.count_failed(reason, to_u64(st.failed - read.failed));
     d.events
         .push(RunEvent::warning(reason, message.to_string()));
     d.gauges = None;
